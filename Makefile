@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Each sets up .venv idempotently first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.t2ray-installed
+# Without a CUDA GPU, take the CPU build of torch first: a bare `torch` requirement would pull a
+# multi-GB CUDA build.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: demo test setup clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifeq ($(HAS_GPU),1)
+	$(PY) -m pip install -q torch
+else
+	$(PY) -m pip install -q torch==2.13.0
+endif
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/t2ray demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,33 @@
+"""Write one benchmark's section into docs/benchmarks.md (replacing its previous run)."""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+HEADER = ("# Benchmarks\n\nEach section is written by the script it names, with the command "
+          "that produced it.\nRatios are measured within one run; CPU times are only "
+          "indicative on a shared 2-core machine.\n")
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
+            f"threads, {gpu}, torch {torch.__version__}")
+
+
+def write_section(name: str, command: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    text = path.read_text() if path.exists() else HEADER
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = (f"{start}\n## {name}\n\n`{command}` ({time.strftime('%Y-%m-%d')}, {machine()})"
+               f"\n\n{body.strip()}\n{end}")
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else (
+        text.rstrip() + "\n\n" + section + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -1,0 +1,258 @@
+"""`t2ray` command line: one entry per job, calling the same library functions as jobs/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="t2ray: self-adaptive LLMs (SVF experts, Text-to-LoRA) on Ray.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+tasks_app = typer.Typer(help="The task suite: list, sample, reference checks.", no_args_is_help=True)
+base_app = typer.Typer(help="Base models: info, evaluation, the tiny model's pretraining recipe.",
+                       no_args_is_help=True)
+svf_app = typer.Typer(help="SVF: parameter counts, SVD caches, expert info, transfer.",
+                      no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(base_app, name="base")
+lora_app = typer.Typer(help="The LoRA baseline trained with the same loop.", no_args_is_help=True)
+app.add_typer(svf_app, name="svf")
+app.add_typer(lora_app, name="lora")
+console = Console()
+
+
+def _split_names(names: str) -> list[str]:
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+@tasks_app.command("list")
+def tasks_list(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    group: Optional[str] = typer.Option(None, help="core or instruct."),
+):
+    """All tasks with their family, split sizes and number of descriptions."""
+    from t2ray.tasks import list_tasks
+
+    rows = [{"name": t.name, "family": t.family, "group": t.group, "kind": t.kind,
+             "seen": t.seen, "split_sizes": t.split_sizes, "n_descriptions": len(t.descriptions)}
+            for t in list_tasks(group)]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    table = Table("name", "family", "group", "kind", "seen", "train/val/test", "descriptions")
+    for r in rows:
+        s = r["split_sizes"]
+        table.add_row(r["name"], r["family"], r["group"], r["kind"], str(r["seen"]),
+                      f"{s['train']}/{s['validation']}/{s['test']}", str(r["n_descriptions"]))
+    console.print(table)
+
+
+@tasks_app.command("sample")
+def tasks_sample(
+    name: str,
+    n: int = typer.Option(3, "-n", help="How many examples."),
+    split: str = typer.Option("test", help="train, validation or test."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Show examples of a task split."""
+    from t2ray.tasks import get_task
+
+    examples = get_task(name).examples(split, n)
+    if as_json:
+        typer.echo(json.dumps([{"task": e.task, "uid": e.uid, "prompt": e.prompt,
+                                "answer": e.answer, "solution": e.solution} for e in examples],
+                              indent=1))
+        return
+    for e in examples:
+        console.rule(f"{e.task} {e.uid}")
+        console.print(f"[bold]prompt[/bold]\n{e.prompt}\n[bold]solution[/bold]\n{e.solution}",
+                      markup=True, highlight=False)
+
+
+@tasks_app.command("eval-reference")
+def tasks_eval_reference(dataset: str = typer.Argument(..., help="humaneval")):
+    """Run a real data set's reference solutions through the code sandbox."""
+    if dataset != "humaneval":
+        raise typer.BadParameter(f"no reference check for {dataset!r}; available: humaneval")
+    from t2ray.tasks.loaders import eval_reference_humaneval
+
+    passed, total = eval_reference_humaneval()
+    typer.echo(f"passed {passed}/{total}")
+    if passed != total:
+        raise typer.Exit(1)
+
+
+@base_app.command("info")
+def base_info(
+    model: str = typer.Option("tiny", help="Model name (tiny), local path or hub id."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Parameter count, bytes on disk, architecture and weights fingerprint."""
+    from t2ray.models import base_model_info
+
+    _print_mapping(base_model_info(model), as_json)
+
+
+@base_app.command("eval")
+def base_eval(
+    tasks: str = typer.Option("math,code,reasoning,math-hard,code-hard,reasoning-hard",
+                              help="Comma-separated task names."),
+    split: str = typer.Option("test"),
+    model: str = typer.Option("tiny"),
+    n: Optional[int] = typer.Option(None, help="Items per task (default: the whole split)."),
+    as_json: bool = typer.Option(False, "--json"),
+    out: Optional[Path] = typer.Option(None, help="Also write the rows to this JSON file."),
+    results: Optional[Path] = typer.Option(
+        None, help="Merge the rows into a results.json (table `base`, method `base`)."),
+):
+    """Greedy accuracy of a base model per task, with 95% confidence intervals."""
+    import shlex
+    import sys
+
+    from t2ray.eval.report import merge_results, print_accuracy_table, result_rows
+    from t2ray.eval.run import evaluate_base
+
+    rows = evaluate_base(model, _split_names(tasks), split, n, progress=not as_json)
+    if results:
+        command = "t2ray " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        merge_results(results, result_rows(rows, "base", "base", command))
+    payload = [r.as_dict() for r in rows]
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=1))
+    if as_json:
+        typer.echo(json.dumps(payload, indent=1))
+    else:
+        print_accuracy_table(rows, title=f"{model} greedy accuracy ({split})")
+
+
+@base_app.command("pretrain")
+def base_pretrain(
+    out: Path = typer.Option(..., help="Output directory (model/, metrics.jsonl, loss.png)."),
+    config: Optional[Path] = typer.Option(None, help="YAML with PretrainConfig fields."),
+    steps: Optional[int] = typer.Option(None, help="Override the number of steps."),
+    install: bool = typer.Option(False, help="Copy the result into the package as `tiny`."),
+):
+    """The recipe that builds the bundled tiny base model (deterministic, CPU, < 60 min)."""
+    from t2ray.models.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig.from_yaml(config) if config else PretrainConfig()
+    cfg.out = str(out)
+    if steps is not None:
+        cfg.steps = steps
+    pretrain(cfg, install=install)
+
+
+def _print_mapping(info: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(info, indent=1))
+        return
+    table = Table("field", "value")
+    for k, v in info.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+@svf_app.command("params")
+def svf_params(
+    config: Path = typer.Option(..., help="A Hugging Face config.json."),
+    targets: str = typer.Option("mlp", help="mlp, attn, all or module names."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Expert-vector and LoRA parameter counts from a model config alone."""
+    from t2ray.svf.ops import params_from_config
+
+    _print_mapping(params_from_config(config, targets), as_json)
+
+
+@svf_app.command("decompose")
+def svf_decompose(
+    model: str = typer.Option("tiny", help="Model name (tiny), local path or hub id."),
+    targets: str = typer.Option("mlp", help="mlp, attn, all or module names."),
+    out: Optional[Path] = typer.Option(None, help="Cache directory."),
+    use_ray: Optional[bool] = typer.Option(None, "--ray/--no-ray",
+                                           help="Parallel Ray tasks (default: if Ray is up)."),
+):
+    """SVD of every target matrix into a resumable, fingerprinted cache."""
+    from t2ray.svf.ops import decompose_model
+
+    cache = decompose_model(model, targets, out, use_ray)
+    console.print(f"SVD cache at {cache.root}: {len(cache.matrices)} matrices, "
+                  f"max reconstruction error {cache.manifest['max_recon_error']:.2e}")
+
+
+@svf_app.command("info")
+def svf_info(path: Path, as_json: bool = typer.Option(False, "--json")):
+    """Targets, parameter count, fingerprint and metrics of an expert or an SVD cache."""
+    from t2ray.svf.ops import describe
+
+    _print_mapping(describe(path), as_json)
+
+
+@svf_app.command("transfer")
+def svf_transfer(
+    expert: Path,
+    to: str = typer.Option(..., "--to", help="Target model (same matrix shapes)."),
+    out: Path = typer.Option(...),
+    shuffle: bool = typer.Option(False, help="Permute components (the paper's ablation)."),
+    cache: Optional[Path] = typer.Option(None, help="SVD cache directory of the target model."),
+):
+    """Apply an expert trained on one model to another model of the same shapes."""
+    from t2ray.svf.ops import transfer_to_model
+
+    moved = transfer_to_model(expert, to, out, shuffle, cache)
+    console.print(f"wrote {out} for base {moved.base_fingerprint} ({moved.num_params} params)")
+
+
+def _train_command(policy: str, doc: str):
+    """`t2ray svf train` and `t2ray lora train`: the same options, one training function."""
+
+    def command(
+        out: Path = typer.Option(...), model: str = typer.Option("tiny"),
+        task: str = typer.Option("math"),
+        workers: int = typer.Option(2, help="Ray Train workers (0: in this process)."),
+        deepspeed_stage: Optional[int] = typer.Option(None, help="ZeRO stage 0-3 (default: none)."),
+        config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields."),
+        objective: str = typer.Option("rl", help="rl (REINFORCE + KL) or sft."),
+        steps: Optional[int] = typer.Option(None), kl_coef: Optional[float] = typer.Option(None),
+        seed: Optional[int] = typer.Option(None),
+        max_failures: int = typer.Option(1, help="Worker failures to recover from."),
+    ):
+        from t2ray.rl.launch import train
+        from t2ray.rl.trainer import TrainConfig
+
+        cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
+        cfg.policy, cfg.model, cfg.task, cfg.out = policy, model, task, str(out)
+        cfg.objective, cfg.deepspeed_stage = objective, deepspeed_stage
+        for name, value in (("steps", steps), ("kl_coef", kl_coef), ("seed", seed)):
+            if value is not None:
+                setattr(cfg, name, value)
+        train(cfg, workers=workers, max_failures=max_failures)
+
+    command.__doc__ = doc
+    return command
+
+
+svf_app.command("train")(_train_command(
+    "svf", "Train an SVF expert with REINFORCE (or SFT) on Ray Train (+ DeepSpeed)."))
+lora_app.command("train")(_train_command(
+    "lora", "Train the LoRA baseline (q, v; rank 16, alpha 32) with the same loop."))
+
+
+@app.command("demo")
+def demo(
+    n: Optional[int] = typer.Option(None, help="Items per task (default: whole test splits)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<timestamp>)."),
+):
+    """Evaluate the bundled base model on the test split of every task family."""
+    from t2ray.eval.run import run_demo
+
+    run_demo(n=n, out=out)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,38 @@
+"""DeepSpeed inside a Ray Train worker (Ray has already set up the process group)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+EXTENSIONS_DIR = Path.home() / ".cache" / "t2ray" / "torch_extensions"
+
+
+def deepspeed_config(stage: int, grad_clip: float, world_size: int) -> dict:
+    """The shipped ZeRO config for `stage`, with batch sizes filled in for this run."""
+    path = CONFIG_DIR / f"zero{stage}.json"
+    if not path.exists():
+        raise ValueError(f"no DeepSpeed config for ZeRO stage {stage} (looked for {path})")
+    cfg = json.loads(path.read_text())
+    cfg.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
+               train_batch_size=world_size, gradient_clipping=grad_clip)
+    return cfg
+
+
+def initialize(module: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: int,
+               grad_clip: float, world_size: int):
+    """(DeepSpeed engine, its optimizer). JIT-compiled ops are cached once per machine."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_DIR))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    engine, ds_optimizer, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer,
+        model_parameters=[p for p in module.parameters() if p.requires_grad],
+        config=deepspeed_config(stage, grad_clip, world_size))
+    return engine, ds_optimizer

@@ -1,0 +1,1 @@
+"""Evaluation harness: accuracy with confidence intervals, tables, plots."""

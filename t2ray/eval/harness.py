@@ -1,0 +1,61 @@
+"""Greedy evaluation of a model on task splits: accuracy with 95% Wilson intervals."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+from t2ray.engines.hf import format_prompt
+from t2ray.tasks import Task
+from t2ray.tasks.rewards import CORRECT, rewards
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    task: str
+    split: str
+    n: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    seconds: float
+    # Per-item verdicts in split order, for paired tests (McNemar) between methods.
+    item_correct: tuple[bool, ...] = field(default=(), repr=False)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("item_correct")
+        return d
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (sound near 0 and 1, unlike Wald)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def max_new_tokens_for(task: Task, tokenizer, margin: float = 1.5) -> int:
+    """Room for the longest validation solution, with margin (decided on validation, not test)."""
+    longest = max(len(tokenizer(e.solution)["input_ids"]) for e in task.examples("validation", 50))
+    return int(longest * margin) + 8
+
+
+def evaluate_task(engine, task: Task, split: str = "test", n: int | None = None,
+                  system: str | None = None) -> EvalRow:
+    t0 = time.perf_counter()
+    examples = task.examples(split, n)
+    prompts = [format_prompt(engine.tokenizer, e.prompt, system) for e in examples]
+    completions = engine.generate(prompts, max_new_tokens=max_new_tokens_for(task, engine.tokenizer))
+    scores = rewards(task.kind, examples, [c.text for c in completions])
+    verdicts = tuple(s == CORRECT for s in scores)
+    correct = sum(verdicts)
+    low, high = wilson_interval(correct, len(examples))
+    return EvalRow(task.name, split, len(examples), correct, correct / len(examples), low, high,
+                   time.perf_counter() - t0, verdicts)

@@ -1,0 +1,55 @@
+"""Evaluation runs behind `t2ray base eval` and `t2ray demo`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from tqdm import tqdm
+
+from t2ray.engines.hf import HFEngine
+from t2ray.eval.harness import EvalRow, evaluate_task, wilson_interval
+from t2ray.eval.report import markdown_accuracy_table, print_accuracy_table
+from t2ray.models import TINY, load_model
+from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, get_task, list_tasks
+
+console = Console()
+
+
+def evaluate_base(model_name: str, task_names: list[str], split: str = "test",
+                  n: int | None = None, progress: bool = True) -> list[EvalRow]:
+    tasks = [get_task(t) for t in task_names]  # fail on a bad name before loading anything
+    model, tok = load_model(model_name)
+    engine = HFEngine(model, tok)
+    return [evaluate_task(engine, t, split, n)
+            for t in tqdm(tasks, desc="tasks", disable=not progress)]
+
+
+def evaluate_heldout_instruct(engine, split: str = "test", n: int | None = None) -> EvalRow:
+    """Held-out instruction families, description in the prompt (`base+desc`), pooled."""
+    t0 = time.perf_counter()
+    rows = [evaluate_task(engine, t, split, n, system=t.descriptions[0])
+            for t in list_tasks("instruct") if not t.seen]
+    correct, total = sum(r.correct for r in rows), sum(r.n for r in rows)
+    low, high = wilson_interval(correct, total)
+    return EvalRow("instruct-heldout (base+desc)", split, total, correct, correct / total,
+                   low, high, time.perf_counter() - t0)
+
+
+def run_demo(n: int | None = None, out: Path | None = None) -> list[EvalRow]:
+    """The demo at this stage: the bundled base model on the test split of every task family."""
+    out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]t2ray demo[/bold]: bundled base model, test splits -> {out}")
+    model, tok = load_model(TINY)
+    engine = HFEngine(model, tok)
+    rows = [evaluate_task(engine, get_task(name), "test", n)
+            for name in tqdm(CORE_SEEN + CORE_UNSEEN, desc="core families")]
+    rows.append(evaluate_heldout_instruct(engine, "test", n))
+    print_accuracy_table(rows, title="bundled base model, greedy, test split")
+    (out / "base_eval.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+    (out / "base_eval.md").write_text(markdown_accuracy_table(rows) + "\n")
+    console.print(f"wrote {out / 'base_eval.json'} and {out / 'base_eval.md'}")
+    return rows

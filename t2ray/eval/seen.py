@@ -1,0 +1,95 @@
+"""The seen-task table (the paper's Table 1): base / LoRA-RL / LoRA-SFT / SVF-RL / SVF-SFT.
+
+Each method is trained per task and seed on the train split (progress read on validation), then
+scored once on the test split; rows give mean +- sd over seeds, the parameter count, and an exact
+McNemar test against the base model on the same test items (seed 0).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from t2ray.engines.hf import HFEngine
+from t2ray.eval.harness import evaluate_task
+from t2ray.eval.report import merge_results
+from t2ray.eval.stats import mcnemar_exact, mean_sd
+from t2ray.lora.peft_io import import_peft
+from t2ray.models import load_model
+from t2ray.svf.cache import SVDCache
+from t2ray.svf.expert import ExpertVector
+from t2ray.tasks import get_task
+
+METHODS = {"svf-rl": ("svf", "rl"), "svf-sft": ("svf", "sft"), "lora-rl": ("lora", "rl"),
+           "lora-sft": ("lora", "sft")}
+console = Console()
+
+
+def _adapted_engine(model_name: str, run_dir: Path, policy: str, svd_cache: str | None):
+    model, tok = load_model(model_name)
+    if policy == "svf":
+        cache = SVDCache(svd_cache)
+        engine = HFEngine(model, tok, svd_cache=cache)
+        expert = ExpertVector.load(run_dir / "expert", expect_fingerprint=cache.fingerprint)
+        engine.set_expert(expert)
+        return engine, expert.num_params
+    engine = HFEngine(model, tok)
+    lora = import_peft(run_dir / "lora")
+    engine.set_lora(lora)
+    return engine, lora.num_params
+
+
+def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str], out: Path,
+               workers: int = 0, n_test: int | None = None,
+               results_json: Path | None = None) -> list[dict]:
+    """Train every (method, task, seed), evaluate on test, write rows; returns the rows."""
+    from t2ray.rl.launch import train
+
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    model, tok = load_model(base_cfg.model)
+    base_engine = HFEngine(model, tok)
+    rows = []
+    for task_name in tasks:
+        task = get_task(task_name)
+        base = evaluate_task(base_engine, task, "test", n_test)
+        rows.append({"table": "seen", "task": task_name, "method": "base", "metric": "accuracy",
+                     "mean": round(100 * base.accuracy, 2), "sd": 0.0, "n_seeds": 1,
+                     "params": 0, "command": command, "n": base.n})
+        for method in methods:
+            policy, objective = METHODS[method]
+            accs, first = [], None
+            for seed in seeds:
+                run_dir = out / task_name / method / f"seed{seed}"
+                cfg = replace(base_cfg, out=str(run_dir), task=task_name, policy=policy,
+                              objective=objective, seed=seed)
+                train(cfg, workers=workers)
+                engine, params = _adapted_engine(cfg.model, run_dir, policy, cfg.svd_cache)
+                row = evaluate_task(engine, task, "test", n_test)
+                accs.append(100 * row.accuracy)
+                first = first or row
+            mean, sd = mean_sd(accs)
+            rows.append({"table": "seen", "task": task_name, "method": method,
+                         "metric": "accuracy", "mean": round(mean, 2), "sd": round(sd, 2),
+                         "n_seeds": len(seeds), "params": params, "command": command,
+                         "n": first.n, "seeds": [round(a, 2) for a in accs],
+                         "mcnemar_p_vs_base_seed0": mcnemar_exact(first.item_correct,
+                                                                  base.item_correct)})
+    _print(rows)
+    if results_json:
+        merge_results(results_json, rows)
+    return rows
+
+
+def _print(rows: list[dict]) -> None:
+    table = Table("task", "method", "accuracy (mean +- sd)", "seeds", "params", "p vs base",
+                  title="seen tasks, test split")
+    for r in rows:
+        p = r.get("mcnemar_p_vs_base_seed0")
+        table.add_row(r["task"], r["method"], f"{r['mean']:.1f} +- {r['sd']:.1f}",
+                      str(r["n_seeds"]), f"{r['params']:,}", "" if p is None else f"{p:.3g}")
+    console.print(table)

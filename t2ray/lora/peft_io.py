@@ -1,0 +1,64 @@
+"""PEFT adapter directories: adapter_config.json + adapter_model.safetensors.
+
+The scale is written so that every backend applies the same delta: we export `lora_alpha =
+scale * r` with `use_rslora: false`, because alpha / r is the one convention PEFT and vLLM both
+implement (a backend that ignores rsLoRA applies the wrong scale otherwise - ANCHORS.md). The
+training-time rank, alpha and rsLoRA flag are kept in `t2ray_adapter.json` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+import t2ray
+from t2ray.lora.weights import LoraWeights
+
+PREFIX = "base_model.model."
+
+
+def export_peft(lora: LoraWeights, out: str | Path, base_model: str = "") -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name in lora.a:
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = lora.a[name].detach().float().contiguous()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = lora.b[name].detach().float().contiguous()
+    save_file(tensors, out / "adapter_model.safetensors")
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": lora.rank, "lora_alpha": lora.scale * lora.rank, "use_rslora": False,
+        "target_modules": sorted({n.rsplit(".", 1)[-1] for n in lora.a}),
+        "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+        "modules_to_save": None,
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=1))
+    (out / "t2ray_adapter.json").write_text(json.dumps({
+        "t2ray_version": t2ray.__version__, "rank": lora.rank, "alpha": lora.alpha,
+        "use_rslora": lora.use_rslora, "scale": lora.scale, "meta": lora.meta}, indent=1))
+    return out
+
+
+def import_peft(path: str | Path) -> LoraWeights:
+    """Read any PEFT LoRA directory (ours or PEFT's own) into LoraWeights with its exact scale."""
+    path = Path(path)
+    config_path = path / "adapter_config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{path} is not a PEFT adapter (no adapter_config.json)")
+    cfg = json.loads(config_path.read_text())
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: peft_type {cfg.get('peft_type')!r}, expected 'LORA'")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise ValueError(f"{path}: per-module rank/alpha patterns are not supported")
+    tensors = load_file(path / "adapter_model.safetensors")
+    a, b = {}, {}
+    for key, t in tensors.items():
+        name = key.removeprefix(PREFIX)
+        for part, store in ((".lora_A.weight", a), (".lora_B.weight", b)):
+            if name.endswith(part):
+                store[name[: -len(part)].replace(".default", "")] = t
+    return LoraWeights(a, b, rank=cfg["r"], alpha=cfg["lora_alpha"],
+                       use_rslora=bool(cfg.get("use_rslora")),
+                       target_modules=tuple(sorted({n.rsplit(".", 1)[-1] for n in a})))

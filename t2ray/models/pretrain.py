@@ -1,0 +1,260 @@
+"""Pretraining recipe of the bundled tiny base model (`t2ray base pretrain`).
+
+The corpus is generated from the *train* splits of the task suite. The premise of SVF is that
+experts amplify skills the base model already has, so every core skill must be latent: present
+but unreliable. We control that through the data, not by stopping early:
+
+- *bare answers*: for math, math-hard, reasoning and reasoning-hard only a share `p_worked` of the
+  corpus solutions shows the worked solution ("3+4=7. 7-5=2. The answer is 2."); the rest state
+  the bare answer ("The answer is 2."). The model learns both, answers bare by default (greedy
+  follows the majority format) and is then right only as often as it can answer without working
+  - while the worked solution, which it also knows, is right far more often. A reward-trained
+  expert can shift it to the worked form: a latent skill to amplify.
+- *noisy answers* for code: a share `1 - p_correct` of the solutions confuses the operator
+  (plus/minus, max/min...) in the task's own style, so the model learns both mappings.
+- *mixture shares*: the unseen (hard) families get smaller shares than the seen ones.
+- the held-out instruction families are never in the corpus.
+
+A first version drew a plausible *wrong* worked solution (the lazy solver skipping the last
+step) for half of the math items; greedy decoding then follows whichever branch the model
+prefers by a hair at the shared decision point, for every item at once, and math accuracy
+collapsed to 0% (validation, step 1600). Bare-but-correct answers avoid that cliff.
+
+The run is deterministic for a seed and thread count; the learning rate warms up and decays on a
+cosine to `min_lr_ratio`, so the final checkpoint is a stable one (no checkpoint picking).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from rich.console import Console
+from transformers import LlamaForCausalLM
+
+from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.models import TINY_DIR, count_parameters, tiny_config
+from t2ray.models.tokenizer import build_char_tokenizer
+from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, Task, get_task, list_tasks
+
+console = Console()
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "runs/base"
+    seed: int = 0
+    steps: int = 2200
+    batch_size: int = 48
+    lr: float = 2.5e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    prompt_loss_weight: float = 0.05  # answer tokens weigh 1
+    threads: int = 2
+    # Share of the corpus per family; "instruct" is spread over the seen instruction families.
+    mixture: dict[str, float] = field(default_factory=lambda: {
+        "math": 0.17, "code": 0.15, "reasoning": 0.14,
+        "math-hard": 0.11, "code-hard": 0.08, "reasoning-hard": 0.11, "instruct": 0.24,
+    })
+    # Probability that a solution shows its working (else the bare "The answer is X.").
+    p_worked: dict[str, float] = field(default_factory=lambda: {
+        "math": 0.25, "math-hard": 0.25, "reasoning": 0.25, "reasoning-hard": 0.25,
+    })
+    # Probability that a code solution is correct (else the task's operator-confusing distractor).
+    p_correct: dict[str, float] = field(default_factory=lambda: {"code": 0.5})
+    eval_every: int = 1100
+    eval_n: int = 48  # validation items per core family at each evaluation
+    model: dict = field(default_factory=dict)  # overrides of tiny_config()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PretrainConfig":
+        return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
+
+
+@dataclass
+class _Sample:
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    alternative_ids: list[int] | None = None  # bare answer or distractor, see PretrainConfig
+
+
+def _encode(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def build_corpus(cfg: PretrainConfig, tok) -> dict[str, list[_Sample]]:
+    """Tokenised train-split samples per mixture component."""
+    corpus: dict[str, list[_Sample]] = {}
+    eos = tok.eos_token
+    for name in CORE_SEEN + CORE_UNSEEN:
+        task = get_task(name)
+        dist_rng = random.Random(cfg.seed)
+        samples = []
+        for ex in task.examples("train"):
+            if name in cfg.p_worked:
+                alternative = f"The answer is {ex.answer}."
+            elif name in cfg.p_correct:
+                alternative = task.distractor(ex, dist_rng)
+            else:
+                alternative = None
+            samples.append(_Sample(
+                _encode(tok, format_prompt(tok, ex.prompt)), _encode(tok, ex.solution + eos),
+                None if alternative is None else _encode(tok, alternative + eos)))
+        corpus[name] = samples
+    instruct: list[_Sample] = []
+    for task in list_tasks("instruct"):
+        if not task.seen:
+            continue
+        rng = random.Random(f"{cfg.seed}|{task.name}")
+        for ex in task.examples("train"):
+            prompt = format_prompt(tok, ex.prompt, system=rng.choice(task.descriptions))
+            instruct.append(_Sample(_encode(tok, prompt), _encode(tok, ex.solution + eos)))
+    corpus["instruct"] = instruct
+    return corpus
+
+
+def make_batch(cfg: PretrainConfig, corpus: dict[str, list[_Sample]], rng: random.Random,
+               pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, per-position loss weight for predicting the *next* token), right padded."""
+    names = list(cfg.mixture)
+    weights = [cfg.mixture[n] for n in names]
+    rows, row_weights = [], []
+    for name in rng.choices(names, weights, k=cfg.batch_size):
+        s = rng.choice(corpus[name])
+        keep = cfg.p_worked.get(name, cfg.p_correct.get(name, 1.0))
+        answer = s.answer_ids if s.alternative_ids is None or rng.random() < keep else (
+            s.alternative_ids)
+        rows.append(s.prompt_ids + answer)
+        # weight[i] belongs to predicting token i+1
+        row_weights.append([cfg.prompt_loss_weight] * (len(s.prompt_ids) - 1) + [1.0] * len(answer))
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    w = torch.zeros((len(rows), width - 1))
+    for i, (r, rw) in enumerate(zip(rows, row_weights)):
+        ids[i, : len(r)] = torch.tensor(r)
+        w[i, : len(rw)] = torch.tensor(rw)
+    return ids, w
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def quick_eval(model, tok, tasks: list[Task], n: int) -> dict[str, float | str]:
+    """Greedy accuracy on the first `n` *validation* items of each task (progress signal only).
+
+    A failing evaluation is reported, never allowed to end an hour of training.
+    """
+    from t2ray.eval.harness import evaluate_task
+
+    model.eval()
+    engine = HFEngine(model, tok)
+    acc: dict[str, float | str] = {}
+    for t in tasks:
+        try:
+            acc[t.name] = round(evaluate_task(engine, t, "validation", n).accuracy, 3)
+        except Exception as e:  # noqa: BLE001
+            acc[t.name] = f"eval failed: {e!r}"[:200]
+    model.train()
+    return acc
+
+
+def pretrain(cfg: PretrainConfig, install: bool = False) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    console.print("[bold]pretrain config[/bold]", asdict(cfg))
+    (out / "pretrain_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+
+    tok = build_char_tokenizer()
+    corpus = build_corpus(cfg, tok)
+    console.print({k: len(v) for k, v in corpus.items()}, "corpus samples per component")
+    model = LlamaForCausalLM(tiny_config(len(tok), **cfg.model))
+    console.print(f"model: {count_parameters(model):,} parameters")
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.95))
+    eval_tasks = [get_task(n) for n in CORE_SEEN + CORE_UNSEEN]
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    model.train()
+    t0, tokens = time.perf_counter(), 0
+    from tqdm import tqdm
+
+    bar = tqdm(range(cfg.steps), desc="pretrain", mininterval=5)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        ids, w = make_batch(cfg, corpus, rng, tok.pad_token_id)
+        logits = model(input_ids=ids).logits[:, :-1]
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
+        loss = (ce * w.reshape(-1)).sum() / w.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        tokens += int((ids != tok.pad_token_id).sum())
+        record = {"step": step + 1, "loss": round(loss.item(), 4), "lr": lr_at(step, cfg),
+                  "grad_norm": round(float(gnorm), 3),
+                  "tokens_per_s": round(tokens / (time.perf_counter() - t0), 1)}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            record["val_accuracy"] = quick_eval(model, tok, eval_tasks, cfg.eval_n)
+            console.print(record)
+        if (step + 1) % 50 == 0 or "val_accuracy" in record:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        bar.set_postfix(loss=record["loss"], tok_s=record["tokens_per_s"], refresh=False)
+
+    model.eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out / "model", safe_serialization=True)
+    tok.save_pretrained(out / "model")
+    _plot_loss(metrics_path, out / "loss.png")
+    if install:
+        install_model(out / "model")
+    console.print(f"saved to {out / 'model'} ({time.perf_counter() - t0:.0f} s)")
+    return out / "model"
+
+
+def install_model(model_dir: Path) -> None:
+    """Copy a pretrained model into the package as the bundled `tiny` model."""
+    TINY_DIR.mkdir(parents=True, exist_ok=True)
+    for f in Path(model_dir).iterdir():
+        shutil.copy2(f, TINY_DIR / f.name)
+
+
+def _plot_loss(metrics_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("weighted loss")
+    ax.set_yscale("log")
+    ax.set_title("tiny base model pretraining")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

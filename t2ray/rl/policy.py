@@ -1,0 +1,103 @@
+"""Trainable policies over a frozen base model: SVF expert vectors or LoRA weights.
+
+Only z (or A, B) are parameters; the base weights keep requires_grad=False. W' is built inside
+autograd (one graph) and substituted with `torch.func.functional_call`, so the base weights are
+never overwritten and `base_logits` is the same model without substitution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call
+
+from t2ray.lora.weights import LoraWeights, batched_lora, init_lora
+from t2ray.svf.cache import SVDCache
+from t2ray.svf.expert import ExpertVector, SVFParam, compose_weight
+
+
+def _freeze(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def _param_key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class SVFPolicy(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, cache: SVDCache, param: SVFParam,
+                 seed: int = 0, init: ExpertVector | None = None):
+        super().__init__()
+        cache.check_model(model)
+        _freeze(model)
+        self.model, self.cache, self.param = model, cache, param
+        self.names = sorted(cache.matrices)
+        g = torch.Generator().manual_seed(seed)
+        self.z = torch.nn.ParameterDict({
+            _param_key(n): torch.nn.Parameter(
+                init.z[n].clone().float() if init is not None else param.init(r, g))
+            for n, r in ((n, cache.matrices[n].rank) for n in self.names)})
+        # SVD factors are buffers: cast them explicitly with the model (DeepSpeed bf16 casts
+        # parameters, not buffers).
+        for n in self.names:
+            u, s, vh = cache.factors(n)
+            self.register_buffer(f"u_{_param_key(n)}", u, persistent=False)
+            self.register_buffer(f"s_{_param_key(n)}", s, persistent=False)
+            self.register_buffer(f"vh_{_param_key(n)}", vh, persistent=False)
+
+    def adapted_weights(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for n in self.names:
+            k = _param_key(n)
+            w = compose_weight(getattr(self, f"u_{k}").float(), getattr(self, f"s_{k}").float(),
+                               getattr(self, f"vh_{k}").float(), self.z[k], self.param)
+            base_w = self.model.get_submodule(n).weight
+            out[f"{n}.weight"] = (w.T if self.cache.matrices[n].transposed else w).to(base_w.dtype)
+        return out
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Logits with the adapted weights (differentiable in z)."""
+        return functional_call(self.model, self.adapted_weights(), args=(),
+                               kwargs={"input_ids": input_ids, "attention_mask": attention_mask},
+                               strict=False).logits
+
+    @torch.no_grad()
+    def base_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def expert(self, task: str | None = None, metrics: dict | None = None) -> ExpertVector:
+        z = {n: self.z[_param_key(n)].detach().float().cpu().clone() for n in self.names}
+        e = ExpertVector.for_cache(self.cache, z, self.param, task=task)
+        e.metrics = metrics or {}
+        return e
+
+
+class LoraPolicy(torch.nn.Module):
+    """The LoRA baseline (q, v projections, rank 16, alpha 32 in the paper) with the same loop."""
+
+    def __init__(self, model: torch.nn.Module, rank: int = 16, alpha: float = 32.0,
+                 targets=("q_proj", "v_proj"), use_rslora: bool = False, seed: int = 0):
+        super().__init__()
+        _freeze(model)
+        self.model = model
+        lw = init_lora(model, rank, alpha, targets, use_rslora,
+                       generator=torch.Generator().manual_seed(seed))
+        self.rank, self.alpha, self.use_rslora, self.targets = rank, alpha, use_rslora, targets
+        self.names = sorted(lw.a)
+        self.a = torch.nn.ParameterDict({_param_key(n): torch.nn.Parameter(lw.a[n])
+                                         for n in self.names})
+        self.b = torch.nn.ParameterDict({_param_key(n): torch.nn.Parameter(lw.b[n])
+                                         for n in self.names})
+
+    def lora(self) -> LoraWeights:
+        return LoraWeights({n: self.a[_param_key(n)] for n in self.names},
+                           {n: self.b[_param_key(n)] for n in self.names},
+                           self.rank, self.alpha, self.use_rslora, tuple(self.targets))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        with batched_lora(self.model, [self.lora()] * input_ids.shape[0]):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    @torch.no_grad()
+    def base_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits

@@ -1,0 +1,315 @@
+"""The RL / SFT training recipe for SVF experts and the LoRA baseline.
+
+Reads top to bottom: set up (model, SVD cache, policy, optimiser, resume) -> loop (rollouts from
+the engine, verifiable rewards, REINFORCE + KL or SFT, step, metrics, checkpoint) -> save the
+expert. `train_loop` runs in-process or as a Ray Train worker (then each worker generates its
+share of the rollouts and gradients are averaged across workers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.eval.harness import evaluate_task, max_new_tokens_for
+from t2ray.models import load_model
+from t2ray.rl.policy import LoraPolicy, SVFPolicy
+from t2ray.rl.reinforce import ReinforceConfig, reinforce_loss, sft_loss
+from t2ray.svf.cache import SVDCache
+from t2ray.svf.expert import SVFParam
+from t2ray.tasks import get_task
+from t2ray.tasks.rewards import rewards as verify
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/expert"
+    model: str = "tiny"
+    task: str = "math"
+    policy: str = "svf"  # "svf" or "lora"
+    objective: str = "rl"  # "rl" (REINFORCE) or "sft" (next token on reference solutions)
+    svd_cache: str | None = None  # required for policy "svf"
+    parameterisation: str = "reference"
+    max_mult: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    steps: int = 60
+    prompts_per_step: int = 32  # over all workers
+    samples_per_prompt: int = 1
+    temperature: float = 1.0  # 0 = greedy rollouts (the reference)
+    kl_coef: float = 0.0
+    baseline: str = "none"
+    logprob_reduction: str = "sum"
+    optimizer: str = "adamw-cosine"  # or "adam-constant" (the reference's preset)
+    lr: float = 2e-3
+    grad_clip: float = 1e-3  # the reference clips the gradient norm at 1e-3
+    eval_every: int = 20
+    eval_n: int = 200  # validation items; the test split is never touched here
+    checkpoint_every: int = 10
+    seed: int = 0
+    threads: int = 2
+    deepspeed_stage: int | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
+
+    def validate(self) -> None:
+        if self.policy not in ("svf", "lora"):
+            raise ValueError(f"policy must be 'svf' or 'lora', not {self.policy!r}")
+        if self.objective not in ("rl", "sft"):
+            raise ValueError(f"objective must be 'rl' or 'sft', not {self.objective!r}")
+        if self.policy == "svf" and not self.svd_cache:
+            raise ValueError("an SVF policy needs svd_cache (run `t2ray svf decompose`)")
+        if self.optimizer not in ("adamw-cosine", "adam-constant"):
+            raise ValueError(f"unknown optimizer preset {self.optimizer!r}")
+        get_task(self.task)
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _build_policy(cfg: TrainConfig, model) -> torch.nn.Module:
+    if cfg.policy == "svf":
+        return SVFPolicy(model, SVDCache(cfg.svd_cache), SVFParam(cfg.parameterisation,
+                                                                  cfg.max_mult), seed=cfg.seed)
+    return LoraPolicy(model, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+
+
+def _optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, object]:
+    if cfg.optimizer == "adam-constant":
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    return opt, torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+
+
+def _sync_engine(engine: HFEngine, policy) -> None:
+    """Only z (or the LoRA weights) travels to the engine; it rebuilds W' itself."""
+    if isinstance(policy, SVFPolicy):
+        engine.set_expert(policy.expert())
+    else:
+        engine.set_lora(policy.lora())
+
+
+def sync_bytes(policy) -> int:
+    """Bytes an engine needs per step to follow the policy (z or the LoRA weights, fp32)."""
+    return sum(p.numel() * 4 for p in policy.parameters() if p.requires_grad)
+
+
+def full_copy_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a full weight copy (what the reference sends to its generator every step)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
+    """Right-padded prompt + completion ids, attention mask and completion mask."""
+    rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    comp = torch.zeros_like(ids)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, : len(p) + len(c)] = 1
+        comp[i, len(p) : len(p) + len(c)] = 1
+    return ids, attn, comp
+
+
+def train_loop(config: dict) -> dict:
+    """One worker's training loop (in-process or under Ray Train)."""
+    cfg = TrainConfig(**config)
+    cfg.validate()
+    torch.set_num_threads(cfg.threads)
+    rank, world = _distributed()
+    torch.manual_seed(cfg.seed + rank)
+
+    # --- set up
+    model, tok = load_model(cfg.model)
+    policy = _build_policy(cfg, model)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt, sched = _optimizer(cfg, params)
+    ds_engine = None
+    if cfg.deepspeed_stage is not None:
+        from t2ray.distributed.deepspeed import initialize
+
+        ds_engine, opt = initialize(policy, opt, cfg.deepspeed_stage, cfg.grad_clip, world)
+    engine = HFEngine(model, tok, svd_cache=getattr(policy, "cache", None))
+    task = get_task(cfg.task)
+    train_examples = task.examples("train")
+    max_new = max_new_tokens_for(task, tok)
+    start_step = _resume(policy, opt, sched)
+    local_prompts = max(1, cfg.prompts_per_step // world)
+    rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, cfg.samples_per_prompt,
+                             cfg.logprob_reduction)
+    history: list[dict] = []
+
+    # --- loop
+    from tqdm import tqdm
+
+    for step in tqdm(range(start_step, cfg.steps), desc=f"{cfg.policy}-{cfg.objective}",
+                     initial=start_step, total=cfg.steps, disable=rank != 0):
+        t0 = time.perf_counter()
+        rng = random.Random(f"{cfg.seed}|{step}|{rank}")
+        examples = rng.sample(train_examples, local_prompts)
+        prompts = [format_prompt(tok, e.prompt) for e in examples]
+        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if cfg.objective == "rl":
+            _sync_engine(engine, policy)
+            rows = [i for i in range(len(examples)) for _ in range(cfg.samples_per_prompt)]
+            completions = engine.generate([prompts[i] for i in rows], max_new,
+                                          temperature=cfg.temperature,
+                                          seed=cfg.seed * 100_003 + step * 101 + rank)
+            engine.reset()  # the training forward substitutes W' itself
+            rewards = torch.tensor(verify(task.kind, [examples[i] for i in rows],
+                                          [c.text for c in completions]))
+            ids, attn, comp = _batch([prompt_ids[i] for i in rows],
+                                     [c.token_ids + [tok.eos_token_id] for c in completions],
+                                     tok.pad_token_id)
+            logits = (ds_engine or policy)(ids, attn)
+            base = policy.base_logits(ids, attn) if cfg.kl_coef > 0 else None
+            loss, stats = reinforce_loss(logits, ids, comp, rewards, rl_cfg, base_logits=base)
+        else:
+            answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
+                       for e in examples]
+            ids, attn, comp = _batch(prompt_ids, answers, tok.pad_token_id)
+            loss = sft_loss((ds_engine or policy)(ids, attn), ids, comp)
+            stats = {"loss": loss.item(), "completion_tokens": int(comp.sum())}
+        grad_norm = _step(loss, params, opt, sched, cfg.grad_clip, world, ds_engine)
+        stats.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0],
+                     tokens_per_s=int(attn.sum()) / (time.perf_counter() - t0),
+                     sync_bytes=sync_bytes(policy), full_copy_bytes=full_copy_bytes(model))
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            _sync_engine(engine, policy)
+            stats["val_accuracy"] = evaluate_task(engine, task, "validation", cfg.eval_n).accuracy
+            engine.reset()
+        history.append(stats)
+        _report(stats, policy, opt, sched, step + 1, cfg, rank)
+
+    if rank == 0:
+        _save(policy, cfg, history)
+    return {"history": history, "sync_bytes": sync_bytes(policy),
+            "full_copy_bytes": full_copy_bytes(model)}
+
+
+def _step(loss, params, opt, sched, grad_clip, world, ds_engine) -> float:
+    if ds_engine is not None:
+        ds_engine.backward(loss)
+        ds_engine.step()
+        sched.step()
+        return float(ds_engine.get_global_grad_norm() or 0.0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if world > 1:
+        import torch.distributed as dist
+
+        for p in params:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+    norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    opt.step()
+    sched.step()
+    return norm
+
+
+def _in_ray_train() -> bool:
+    try:
+        import ray.train
+
+        ray.train.get_context()
+    except (ImportError, RuntimeError):  # RuntimeError: not inside a Ray Train worker
+        return False
+    return True
+
+
+def _resume(policy, opt, sched) -> int:
+    """Continue from the latest Ray Train checkpoint, if there is one."""
+    if not _in_ray_train():
+        return 0
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", weights_only=True)
+    policy.load_state_dict(state["policy"], strict=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def _report(stats, policy, opt, sched, step: int, cfg: TrainConfig, rank: int) -> None:
+    """Metrics every step (the Ray dashboard shows them); a checkpoint every few steps."""
+    printable = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
+    if rank == 0:
+        print(json.dumps(printable), flush=True)
+    if not _in_ray_train():
+        return
+    import ray.train
+    from ray.train import Checkpoint
+
+    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                trainable = {k: v for k, v in policy.state_dict().items()
+                             if k.startswith(("z.", "a.", "b."))}
+                torch.save({"policy": trainable, "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "step": step}, Path(d) / "state.pt")
+            ray.train.report(printable, checkpoint=Checkpoint.from_directory(d) if rank == 0
+                             else None)
+    else:
+        ray.train.report(printable)
+
+
+def _save(policy, cfg: TrainConfig, history: list[dict]) -> None:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "metrics.jsonl").open("w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+    final = {k: v for k, v in history[-1].items() if k in ("val_accuracy", "reward_mean", "step")}
+    if isinstance(policy, SVFPolicy):
+        policy.expert(task=cfg.task, metrics=final).save(out / "expert")
+    else:
+        from t2ray.lora.peft_io import export_peft
+
+        export_peft(policy.lora(), out / "lora", base_model=cfg.model)
+    _plot_rewards(history, out / "reward_curve.png", cfg)
+
+
+def _plot_rewards(history: list[dict], png: Path, cfg: TrainConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    key = "reward_mean" if cfg.objective == "rl" else "loss"
+    ax.plot([h["step"] for h in history], [h[key] for h in history], label=f"train {key}")
+    val = [(h["step"], h["val_accuracy"]) for h in history if "val_accuracy" in h]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o-", color="tab:orange", label="validation accuracy")
+        ax2.set_ylabel("validation accuracy")
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(f"{cfg.policy}-{cfg.objective} on {cfg.task}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Ray Serve deployments (the two-stage classifier -> adapted-model graph grows here)."""

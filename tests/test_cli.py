@@ -1,0 +1,58 @@
+"""The command-line contract, run as a user runs it (a subprocess of the installed script)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+T2RAY = shutil.which("t2ray") or str(__import__("pathlib").Path(sys.executable).parent / "t2ray")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([T2RAY, *args], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        pytest.fail(f"t2ray {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_help_lists_the_commands():
+    out = run("--help").stdout
+    for cmd in ("tasks", "base", "demo"):
+        assert cmd in out
+
+
+def test_tasks_list_json():
+    rows = json.loads(run("tasks", "list", "--json").stdout)
+    names = {r["name"] for r in rows}
+    assert {"math", "code", "reasoning", "math-hard", "code-hard", "reasoning-hard"} <= names
+    for r in rows:
+        assert {"name", "family", "split_sizes", "n_descriptions"} <= set(r)
+    assert sum(r["family"] == "instruct" for r in rows) >= 100
+
+
+def test_tasks_sample_json():
+    rows = json.loads(run("tasks", "sample", "reasoning", "-n", "3", "--split", "test",
+                          "--json").stdout)
+    assert len(rows) == 3 and all(r["task"] == "reasoning" for r in rows)
+    assert rows[0]["answer"] in "ABCD"
+
+
+def test_unknown_task_is_a_clear_error():
+    proc = run("tasks", "sample", "nope", check=False)
+    assert proc.returncode != 0 and "unknown task" in proc.stderr
+
+
+def test_base_info_json():
+    info = json.loads(run("base", "info", "--json").stdout)
+    assert info["architecture"] == "LlamaForCausalLM"
+    assert info["parameters"] > 1_000_000 and info["weights_bytes"] <= 20 * 2**20
+    assert info["head_dim"] == 64
+
+
+def test_base_eval_json_small():
+    rows = json.loads(run("base", "eval", "--tasks", "math,reasoning", "--split", "test",
+                          "--n", "16", "--json").stdout)
+    assert [r["task"] for r in rows] == ["math", "reasoning"]
+    assert all(r["n"] == 16 and 0 <= r["accuracy"] <= 1 for r in rows)

@@ -1,0 +1,74 @@
+"""The pretraining recipe, run for a few steps on a very small configuration."""
+
+import json
+import random
+
+import torch
+
+from t2ray.engines.hf import format_prompt
+from t2ray.models import load_model
+from t2ray.models.pretrain import PretrainConfig, build_corpus, lr_at, make_batch, pretrain
+from t2ray.models.tokenizer import build_char_tokenizer
+from t2ray.tasks import get_task, list_tasks
+
+SMALL_MODEL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+               "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}
+
+
+def test_lr_schedule_warms_up_and_decays_to_the_floor():
+    cfg = PretrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == 1e-4
+    assert lr_at(9, cfg) == 1e-3
+    assert abs(lr_at(99, cfg) - 1e-4) < 1e-6
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
+
+
+def test_batches_weight_answers_and_mix_in_distractors():
+    cfg = PretrainConfig(batch_size=64)
+    tok = build_char_tokenizer()
+    corpus = build_corpus(cfg, tok)
+    seen_instruct = [t for t in list_tasks("instruct") if t.seen]
+    assert len(seen_instruct) < len(list_tasks("instruct"))  # held-out families stay out
+    assert len(corpus["instruct"]) == sum(t.split_sizes["train"] for t in seen_instruct)
+    ids, w = make_batch(cfg, corpus, random.Random(0), tok.pad_token_id)
+    assert ids.shape[0] == 64 and w.shape == (64, ids.shape[1] - 1)
+    prompt_w = float(torch.tensor(cfg.prompt_loss_weight))  # as stored in float32
+    assert set(w.unique().tolist()) <= {0.0, prompt_w, 1.0}
+    # Every answer token is predicted with weight 1; the last answer token is <eos>.
+    for row, weights in zip(ids, w):
+        last = int((weights > 0).nonzero().max())
+        assert row[last + 1] == tok.eos_token_id and weights[last] == 1.0
+    # Math answers are the worked solution (share p_worked) or the bare answer.
+    math_only = PretrainConfig(batch_size=200, mixture={"math": 1.0})
+    ids, _ = make_batch(math_only, corpus, random.Random(1), tok.pad_token_id)
+    answers = [tok.decode(row).split("\nA: ")[1].split("<eos>")[0] for row in ids]
+    worked = sum(a.count("=") == 2 for a in answers)
+    assert sum(a.startswith("The answer is ") for a in answers) + worked == 200
+    assert 25 < worked < 80  # p_worked = 0.25
+    # Code solutions are correct or confuse the operator, about half each.
+    task = get_task("code")
+    expected = {format_prompt(tok, e.prompt): (e.solution, task.distractor(e, None))
+                for e in task.examples("train")}
+    code_only = PretrainConfig(batch_size=200, mixture={"code": 1.0})
+    ids, _ = make_batch(code_only, corpus, random.Random(2), tok.pad_token_id)
+    kinds = []
+    for row in ids:
+        text = tok.decode(row).split("<eos>")[0]
+        prompt = next(p for p in expected if text.startswith(p))
+        kinds.append(expected[prompt].index(text[len(prompt):]))
+    assert 60 < kinds.count(0) < 140
+
+
+def test_pretrain_runs_end_to_end_and_is_deterministic(tmp_path):
+    outs = []
+    for run in ("a", "b"):
+        cfg = PretrainConfig(out=str(tmp_path / run), steps=3, batch_size=4, warmup_steps=1,
+                             eval_every=1000, eval_n=2, model=SMALL_MODEL)
+        model_dir = pretrain(cfg)
+        outs.append(load_model(model_dir)[0])
+    a, b = (dict(m.named_parameters()) for m in outs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 3 and "val_accuracy" in metrics[-1]
+    assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "a" / "pretrain_config.yaml").exists()

@@ -1,0 +1,114 @@
+"""REINFORCE math against float64 references, and the policies' graphs."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from t2ray.rl import LoraPolicy, ReinforceConfig, SVFPolicy, advantages, reinforce_loss, sft_loss
+from t2ray.svf import ExpertVector, SVFParam, decompose, recomposed
+
+SHAPES = dict(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+
+
+def reference_loss(logits, base, ids, mask, rewards, kl_coef, reduction):
+    """Loops in float64, written from the equations."""
+    logits, base = logits.double(), base.double()
+    b, t, _ = logits.shape
+    pg, kl_sum, n_tok = 0.0, 0.0, 0.0
+    for i in range(b):
+        seq, n = 0.0, 0.0
+        for j in range(1, t):
+            if mask[i, j]:
+                logp = torch.log_softmax(logits[i, j - 1], -1)
+                q = torch.log_softmax(base[i, j - 1], -1)
+                seq = seq + logp[ids[i, j]]
+                kl_sum = kl_sum + (logp.exp() * (logp - q)).sum()
+                n, n_tok = n + 1, n_tok + 1
+        if reduction == "mean":
+            seq = seq / n
+        pg = pg - rewards[i] * seq
+    return pg / b + kl_coef * kl_sum / n_tok
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_reinforce_loss_and_gradient_match_float64(reduction):
+    torch.manual_seed(0)
+    logits = torch.randn(4, 7, 11, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(4, 7, 11, dtype=torch.float64)
+    ids = torch.randint(0, 11, (4, 7))
+    mask = torch.zeros(4, 7, dtype=torch.long)
+    mask[:, 3:] = 1
+    mask[1, 5:] = 0  # a shorter completion
+    rewards = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    cfg = ReinforceConfig(kl_coef=0.2, logprob_reduction=reduction)
+    loss, stats = reinforce_loss(logits, ids, mask, rewards, cfg, base_logits=base)
+    ref = reference_loss(logits, base, ids, mask, rewards, 0.2, reduction)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    (g,) = torch.autograd.grad(loss, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    assert torch.allclose(g.double(), g_ref, atol=1e-5)
+    assert stats["accuracy"] == 0.5 and stats["kl"] > 0
+
+
+def test_group_baseline():
+    cfg = ReinforceConfig(baseline="group", group_size=2)
+    assert advantages(torch.tensor([1.0, 1.0, -1.0, 1.0]), cfg).tolist() == [0, 0, -1, 1]
+    with pytest.raises(ValueError, match="groups of 2"):
+        advantages(torch.ones(3), cfg)
+    with pytest.raises(ValueError, match="group_size"):
+        ReinforceConfig(baseline="group", group_size=1)
+
+
+def test_sft_loss_counts_completion_tokens_only():
+    logits = torch.zeros(1, 4, 5)
+    ids = torch.tensor([[0, 1, 2, 3]])
+    mask = torch.tensor([[0, 0, 1, 1]])
+    assert sft_loss(logits, ids, mask).item() == pytest.approx(torch.log(torch.tensor(5.0)).item())
+
+
+@pytest.fixture(scope="module")
+def model_and_cache(tmp_path_factory):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**SHAPES)).eval()
+    return model, decompose(model, "all", tmp_path_factory.mktemp("svd"), use_ray=False,
+                            progress=False)
+
+
+def test_svf_policy_is_recompose_in_autograd(model_and_cache):
+    model, cache = model_and_cache
+    policy = SVFPolicy(model, cache, SVFParam("reference"), seed=1)
+    ids = torch.randint(0, 40, (2, 9))
+    logits = policy(ids)
+    with recomposed(model, cache, policy.expert()), torch.no_grad():
+        expected = model(ids).logits
+    assert torch.allclose(logits, expected, atol=1e-5)
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.z.values())
+    assert not any(p.requires_grad for p in model.parameters())
+    assert [n for n, p in policy.named_parameters() if p.requires_grad] == [
+        f"z.{k}" for k in policy.z.keys()]
+
+
+def test_identity_policy_has_zero_kl(model_and_cache):
+    model, cache = model_and_cache
+    param = SVFParam("linear")
+    ident = ExpertVector.for_cache(cache, {n: param.identity(r) for n, r in cache.ranks().items()},
+                                   param)
+    policy = SVFPolicy(model, cache, param, init=ident)
+    ids = torch.randint(0, 40, (2, 9))
+    mask = torch.ones_like(ids)
+    _, stats = reinforce_loss(policy(ids), ids, mask, torch.ones(2), ReinforceConfig(kl_coef=0.1),
+                              base_logits=policy.base_logits(ids))
+    assert abs(stats["kl"]) < 1e-6
+
+
+def test_lora_policy_starts_at_the_base_model(model_and_cache):
+    model, _ = model_and_cache
+    policy = LoraPolicy(model, rank=4, alpha=8)
+    ids = torch.randint(0, 40, (2, 9))
+    assert torch.allclose(policy(ids), policy.base_logits(ids), atol=1e-6)
+    policy(ids).sum().backward()
+    assert all(p.grad is not None for p in policy.b.values())
+    # per layer: q (32 x 32) and v (16 x 32) at rank 4 -> 4 * (32 + 32) + 4 * (32 + 16)
+    assert sum(p.numel() for p in policy.parameters() if p.requires_grad) == 2 * 4 * (64 + 48)

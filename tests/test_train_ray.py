@@ -1,0 +1,118 @@
+"""Training on Ray Train: two workers, a killed worker resumes from its checkpoint, and the job
+runs through `ray job submit` against a private `ray start --head` cluster."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from ray_local import local_ray  # noqa: F401
+
+from t2ray.rl.launch import train
+from t2ray.rl.trainer import TrainConfig
+from t2ray.svf import ExpertVector
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+
+def config(tmp_path, path, cache, **kw) -> TrainConfig:
+    return TrainConfig(out=str(tmp_path / "out"), model=str(path), task="reasoning",
+                       svd_cache=str(cache.root), prompts_per_step=4, eval_n=4, threads=1,
+                       lr=0.1, grad_clip=1.0, **kw)
+
+
+def train_worker_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().decode(errors="ignore")
+            except OSError:
+                continue
+            if cmd.startswith("ray::RayTrainWorker"):
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_two_workers_and_a_killed_worker_resumes(local_ray, tiny_random, tmp_path):  # noqa: F811
+    path, cache = tiny_random
+    cfg = config(tmp_path, path, cache, steps=12, checkpoint_every=2, eval_every=12,
+                 deepspeed_stage=2)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(train(cfg, workers=2,
+                                                                 max_failures=1)))
+    thread.start()
+    storage = tmp_path / "out" / "ray_train"
+    deadline = time.time() + 300
+    # Wait for the second checkpoint: by then the first one is surely registered.
+    while len(list(storage.glob("*/checkpoint_*"))) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(list(storage.glob("*/checkpoint_*"))) >= 2, "no checkpoints were written"
+    victims = train_worker_pids()
+    assert len(victims) == 2
+    os.kill(victims[1], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    steps = [h["step"] for h in result["history"]]
+    assert steps[-1] == 12 and steps[0] >= 3  # the new worker group resumed, not restarted
+    expert = ExpertVector.load(tmp_path / "out" / "expert", expect_fingerprint=cache.fingerprint)
+    assert expert.num_params == result["sync_bytes"] // 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit(tiny_random, tmp_path):
+    path, cache = tiny_random
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    temp_dir = Path("/tmp") / f"t2ray-head-{os.getpid()}"
+    port, dash = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    head = subprocess.run(
+        [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
+         "--include-dashboard=true", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        out = tmp_path / "job-out"
+        cmd = [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}",
+               "--working-dir", str(ROOT), "--runtime-env-json",
+               '{"excludes": [".venv", "runs", ".git", "*.egg-info"]}', "--",
+               sys.executable, "jobs/train_svf.py", "--model", str(path), "--task", "reasoning",
+               "--workers", "2", "--steps", "2", "--out", str(out)]
+        job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert "succeeded" in job.stdout
+        assert ExpertVector.load(out / "expert").task == "reasoning"
+    finally:
+        _stop_head(temp_dir)
+
+
+def _stop_head(temp_dir: Path) -> None:
+    """Stop only this cluster's processes (never `ray stop`: it kills every Ray here)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="ignore")
+            environ = (proc / "environ").read_bytes().decode(errors="ignore")
+        except OSError:
+            continue
+        if str(temp_dir) in cmd or str(temp_dir) in environ:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
