@@ -56,3 +56,12 @@ def test_base_eval_json_small():
                           "--n", "16", "--json").stdout)
     assert [r["task"] for r in rows] == ["math", "reasoning"]
     assert all(r["n"] == 16 and 0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_demo_small(tmp_path):
+    proc = run("demo", "--n", "4", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "base_eval.json").read_text())
+    assert [r["task"] for r in rows][:6] == ["math", "code", "reasoning", "math-hard", "code-hard",
+                                             "reasoning-hard"]
+    assert rows[-1]["task"].startswith("instruct-heldout") and rows[-1]["n"] == 12 * 4
+    assert "bundled base model" in proc.stdout

@@ -77,11 +77,12 @@ def test_ray_job_submit(tiny_random, tmp_path):
     path, cache = tiny_random
     ray_bin = str(Path(sys.executable).parent / "ray")
     temp_dir = Path("/tmp") / f"t2ray-head-{os.getpid()}"
-    port, dash = _free_port(), _free_port()
+    port, dash, agent, agent_grpc = _free_port(), _free_port(), _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     head = subprocess.run(
         [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
          "--include-dashboard=true", "--disable-usage-stats"],
         env=env, capture_output=True, text=True, timeout=180)
     assert head.returncode == 0, head.stderr[-2000:]
@@ -92,7 +93,11 @@ def test_ray_job_submit(tiny_random, tmp_path):
                '{"excludes": [".venv", "runs", ".git", "*.egg-info"]}', "--",
                sys.executable, "jobs/train_svf.py", "--model", str(path), "--task", "reasoning",
                "--workers", "2", "--steps", "2", "--out", str(out)]
-        job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        for _ in range(30):  # the head's job agent needs a few seconds after `ray start`
+            job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout
         assert ExpertVector.load(out / "expert").task == "reasoning"

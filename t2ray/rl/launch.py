@@ -21,6 +21,10 @@ def train(cfg: TrainConfig, workers: int = 2, use_gpu: bool = False,
 
         cfg.svd_cache = str(decompose_model(cfg.model, "mlp").root)
     cfg.validate()
+    # Workers run in their own directories (other nodes need shared storage for these paths).
+    cfg.out = str(Path(cfg.out).resolve())
+    if cfg.svd_cache:
+        cfg.svd_cache = str(Path(cfg.svd_cache).resolve())
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     console.print("[bold]train config[/bold]", asdict(cfg), {"workers": workers})

@@ -153,7 +153,7 @@ def train_loop(config: dict) -> dict:
     task = get_task(cfg.task)
     train_examples = task.examples("train")
     max_new = max_new_tokens_for(task, tok)
-    start_step = _resume(policy, opt, sched)
+    start_step = _resume(policy, opt, sched, ds_engine)
     local_prompts = max(1, cfg.prompts_per_step // world)
     rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, cfg.samples_per_prompt,
                              cfg.logprob_reduction)
@@ -199,7 +199,7 @@ def train_loop(config: dict) -> dict:
             stats["val_accuracy"] = evaluate_task(engine, task, "validation", cfg.eval_n).accuracy
             engine.reset()
         history.append(stats)
-        _report(stats, policy, opt, sched, step + 1, cfg, rank)
+        _report(stats, policy, opt, sched, step + 1, cfg, rank, ds_engine)
 
     if rank == 0:
         _save(policy, cfg, history)
@@ -237,7 +237,7 @@ def _in_ray_train() -> bool:
     return True
 
 
-def _resume(policy, opt, sched) -> int:
+def _resume(policy, opt, sched, ds_engine=None) -> int:
     """Continue from the latest Ray Train checkpoint, if there is one."""
     if not _in_ray_train():
         return 0
@@ -247,6 +247,10 @@ def _resume(policy, opt, sched) -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as d:
+        if ds_engine is not None:  # every rank restores its own optimizer partition
+            _, client = ds_engine.load_checkpoint(d, tag=DS_TAG, load_module_strict=False)
+            sched.load_state_dict(client["scheduler"])
+            return int(client["step"])
         state = torch.load(Path(d) / "state.pt", weights_only=True)
     policy.load_state_dict(state["policy"], strict=False)
     opt.load_state_dict(state["optimizer"])
@@ -254,8 +258,16 @@ def _resume(policy, opt, sched) -> int:
     return int(state["step"])
 
 
-def _report(stats, policy, opt, sched, step: int, cfg: TrainConfig, rank: int) -> None:
-    """Metrics every step (the Ray dashboard shows them); a checkpoint every few steps."""
+DS_TAG = "t2ray"
+
+
+def _report(stats, policy, opt, sched, step: int, cfg: TrainConfig, rank: int,
+            ds_engine=None) -> None:
+    """Metrics every step (the Ray dashboard shows them); a checkpoint every few steps.
+
+    Without DeepSpeed rank 0 saves the trainable weights and optimizer state; with DeepSpeed
+    every rank saves its optimizer partition and Ray Train gathers them into one checkpoint.
+    """
     printable = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
     if rank == 0:
         print(json.dumps(printable), flush=True)
@@ -264,17 +276,23 @@ def _report(stats, policy, opt, sched, step: int, cfg: TrainConfig, rank: int) -
     import ray.train
     from ray.train import Checkpoint
 
-    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-        with tempfile.TemporaryDirectory() as d:
-            if rank == 0:
-                trainable = {k: v for k, v in policy.state_dict().items()
-                             if k.startswith(("z.", "a.", "b."))}
-                torch.save({"policy": trainable, "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "step": step}, Path(d) / "state.pt")
-            ray.train.report(printable, checkpoint=Checkpoint.from_directory(d) if rank == 0
-                             else None)
-    else:
+    if step % cfg.checkpoint_every and step != cfg.steps:
         ray.train.report(printable)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        if ds_engine is not None:
+            ds_engine.save_checkpoint(d, tag=DS_TAG, exclude_frozen_parameters=True,
+                                      client_state={"step": step,
+                                                    "scheduler": sched.state_dict()})
+            ray.train.report(printable, checkpoint=Checkpoint.from_directory(d))
+            return
+        if rank == 0:
+            trainable = {k: v for k, v in policy.state_dict().items()
+                         if k.startswith(("z.", "a.", "b."))}
+            torch.save({"policy": trainable, "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "step": step}, Path(d) / "state.pt")
+        ray.train.report(printable, checkpoint=Checkpoint.from_directory(d) if rank == 0
+                         else None)
 
 
 def _save(policy, cfg: TrainConfig, history: list[dict]) -> None:
