@@ -237,6 +237,9 @@ def _in_ray_train() -> bool:
     return True
 
 
+DS_TAG = "t2ray"  # DeepSpeed checkpoint tag inside each Ray Train checkpoint
+
+
 def _resume(policy, opt, sched, ds_engine=None) -> int:
     """Continue from the latest Ray Train checkpoint, if there is one."""
     if not _in_ray_train():
@@ -256,9 +259,6 @@ def _resume(policy, opt, sched, ds_engine=None) -> int:
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     return int(state["step"])
-
-
-DS_TAG = "t2ray"
 
 
 def _report(stats, policy, opt, sched, step: int, cfg: TrainConfig, rank: int,
