@@ -6,12 +6,15 @@ scored on the test split, merged into docs/results.json (table `seen`)."""
 import argparse
 from pathlib import Path
 
+import yaml
+
 from t2ray.eval.seen import METHODS, seen_table
 from t2ray.rl.trainer import TrainConfig
 from t2ray.svf.ops import decompose_model
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--config", help="YAML with TrainConfig fields shared by all runs")
+parser.add_argument("--config", help="YAML: TrainConfig fields shared by all runs, and under "
+                    "`methods:` per-method overrides (e.g. methods: {lora-rl: {lr: 0.001}})")
 parser.add_argument("--model", default="tiny")
 parser.add_argument("--tasks", default="math,code,reasoning")
 parser.add_argument("--seeds", default="0,1,2")
@@ -23,11 +26,13 @@ parser.add_argument("--out", default="runs/seen")
 parser.add_argument("--results", default="docs/results.json")
 args = parser.parse_args()
 
-cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+fields = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+overrides = fields.pop("methods", {}) or {}
+cfg = TrainConfig(**fields)
 cfg.model = args.model
 if args.steps is not None:
     cfg.steps = args.steps
 cfg.svd_cache = str(decompose_model(cfg.model, "mlp").root)
 seen_table(cfg, args.tasks.split(","), [int(s) for s in args.seeds.split(",")],
            args.methods.split(","), Path(args.out), workers=args.workers, n_test=args.n_test,
-           results_json=Path(args.results))
+           results_json=Path(args.results), method_overrides=overrides)

@@ -20,8 +20,10 @@ svf_app = typer.Typer(help="SVF: parameter counts, SVD caches, expert info, tran
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(base_app, name="base")
 lora_app = typer.Typer(help="The LoRA baseline trained with the same loop.", no_args_is_help=True)
+t2l_app = typer.Typer(help="Text-to-LoRA: the hypernetwork.", no_args_is_help=True)
 app.add_typer(svf_app, name="svf")
 app.add_typer(lora_app, name="lora")
+app.add_typer(t2l_app, name="t2l")
 console = Console()
 
 
@@ -32,7 +34,7 @@ def _split_names(names: str) -> list[str]:
 @tasks_app.command("list")
 def tasks_list(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    group: Optional[str] = typer.Option(None, help="core or instruct."),
+    group: Optional[str] = typer.Option(None, help="core, instruct or route."),
 ):
     """All tasks with their family, split sizes and number of descriptions."""
     from t2ray.tasks import list_tasks
@@ -243,15 +245,111 @@ lora_app.command("train")(_train_command(
     "lora", "Train the LoRA baseline (q, v; rank 16, alpha 32) with the same loop."))
 
 
+@t2l_app.command("params")
+def t2l_params(
+    config: Path = typer.Option(..., help="A Hugging Face config.json (no weights needed)."),
+    variant: str = typer.Option("L", help="L, M or S."),
+    rank: int = typer.Option(8), targets: str = typer.Option("q_proj,v_proj"),
+    encoder_dim: int = typer.Option(1024), latent: int = typer.Option(128),
+    head_in: int = typer.Option(512),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Trainable parameters of a T2L hypernetwork for a model's shapes (from its config alone)."""
+    import torch
+
+    from t2ray.t2l.hypernet import HyperConfig, HyperLoRA, count_trainable, lora_targets
+
+    n_layers, modules = lora_targets(json.loads(config.read_text()), _split_names(targets))
+    cfg = HyperConfig(variant, n_layers, modules, rank=rank, encoder_dim=encoder_dim,
+                      latent=latent, head_in=head_in)
+    with torch.device("meta"):  # counts without allocating the weights
+        net = HyperLoRA(cfg)
+    heads = sum(p.numel() for p in net.heads.parameters())
+    info = {"trainable": count_trainable(net), "heads": heads,
+            "trunk": count_trainable(net) - heads, "variant": variant, "rank": rank,
+            "n_layers": n_layers, "modules": {k: list(v) for k, v in modules.items()}}
+    _print_mapping(info, as_json)
+
+
+@t2l_app.command("generate")
+def t2l_generate(
+    checkpoint: Path = typer.Argument(..., help="A T2L checkpoint directory."),
+    description: str = typer.Argument(..., help="The task, in natural language."),
+    out: Path = typer.Option(..., help="PEFT adapter directory to write."),
+):
+    """Write the LoRA a description asks for as a PEFT adapter (scale written explicitly)."""
+    import time
+
+    from t2ray.lora.peft_io import export_peft
+    from t2ray.t2l.encoder import DescriptionEncoder, check_description
+    from t2ray.t2l.generate import T2LCheckpoint
+
+    try:
+        check_description(description)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    ckpt = T2LCheckpoint.load(checkpoint)
+    encoder = DescriptionEncoder(ckpt.encoder)
+    t0 = time.perf_counter()
+    lora = ckpt.generate(encoder, [description])[0]
+    seconds = time.perf_counter() - t0
+    export_peft(lora, out, base_model=ckpt.base_model)
+    console.print(f"wrote {out}: rank {lora.rank}, scale {lora.scale:.4g}, {len(lora.a)} modules, "
+                  f"{lora.num_params:,} params, generated in {1000 * seconds:.0f} ms")
+
+
+@app.command("eval")
+def eval_strategies(
+    experts: Path = typer.Option(..., help="Expert library: <category>/ folders (math, code, "
+                                 "reasoning; route for the classifier), or one per seed<k>/."),
+    model: str = typer.Option("tiny"),
+    tasks: str = typer.Option("math-hard,code-hard,reasoning-hard"),
+    strategy: str = typer.Option("none,prompt,classifier,fewshot",
+                                 help="Comma list of none|expert|prompt|classifier|fewshot."),
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 (expert libraries and CEM seeds)."),
+    n_test: Optional[int] = typer.Option(None, help="Test items per task (default: all)."),
+    shots: int = typer.Option(10), generations: int = typer.Option(10),
+    population: int = typer.Option(32), concurrency: int = typer.Option(2),
+    per_matrix: bool = typer.Option(False, help="One alpha per expert x matrix."),
+    searcher: str = typer.Option("cem", help="cem, optuna-cmaes or nevergrad."),
+    out: Path = typer.Option(Path("runs/eval")),
+    results: Optional[Path] = typer.Option(None, help="Merge the rows into this results.json."),
+):
+    """Accuracy per adaptation strategy and task: table, JSON, markdown and the alpha plot."""
+    import ray
+
+    from t2ray.adapt.fewshot import FewShotConfig
+    from t2ray.eval.adaptive import run_eval
+    from t2ray.svf.ops import decompose_model
+
+    fewshot = FewShotConfig(shots=shots, generations=generations, population=population,
+                            concurrency=concurrency, per_matrix=per_matrix, searcher=searcher)
+    cache = decompose_model(model, "mlp")
+    needs_ray = "fewshot" in _split_names(strategy)
+    if needs_ray and not ray.is_initialized():
+        ray.init(num_cpus=max(2, concurrency), include_dashboard=False, log_to_driver=False)
+    run_eval(model, experts, _split_names(tasks), _split_names(strategy), list(range(seeds)),
+             out, str(cache.root), n_test, fewshot, results_json=results)
+
+
 @app.command("demo")
 def demo(
-    n: Optional[int] = typer.Option(None, help="Items per task (default: whole test splits)."),
+    preset: str = typer.Option("default", help="default (under 20 min on 2 cores) or smoke."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<timestamp>)."),
+    base_only: bool = typer.Option(False, help="Only the base model's table over all families."),
+    n: Optional[int] = typer.Option(None, help="Items per task for --base-only (default: all)."),
 ):
-    """Evaluate the bundled base model on the test split of every task family."""
-    from t2ray.eval.run import run_demo
+    """The whole pipeline on the bundled model: experts, LoRA, seen and unseen tables."""
+    if base_only:
+        from t2ray.eval.run import run_demo
 
-    run_demo(n=n, out=out)
+        run_demo(n=n, out=out)
+        return
+    from t2ray.eval.demo import PRESETS, run_pipeline
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"preset must be one of {sorted(PRESETS)}")
+    run_pipeline(out=out, preset=preset)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import pytest
 T2RAY = shutil.which("t2ray") or str(__import__("pathlib").Path(sys.executable).parent / "t2ray")
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([T2RAY, *args], capture_output=True, text=True, timeout=300)
+def run(*args: str, check: bool = True, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([T2RAY, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         pytest.fail(f"t2ray {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -59,9 +59,38 @@ def test_base_eval_json_small():
 
 
 def test_demo_small(tmp_path):
-    proc = run("demo", "--n", "4", "--out", str(tmp_path))
+    proc = run("demo", "--base-only", "--n", "4", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "base_eval.json").read_text())
     assert [r["task"] for r in rows][:6] == ["math", "code", "reasoning", "math-hard", "code-hard",
                                              "reasoning-hard"]
     assert rows[-1]["task"].startswith("instruct-heldout") and rows[-1]["n"] == 12 * 4
     assert "bundled base model" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_demo_pipeline_smoke_preset_end_to_end_and_reuses_artifacts(tmp_path):
+    """Every stage of `make demo` (train, route, few-shot on Ray Tune, tables) on a tiny preset."""
+    run("demo", "--preset", "smoke", "--out", str(tmp_path / "first"), cwd=tmp_path, timeout=900)
+    result = json.loads((tmp_path / "first" / "demo_results.json").read_text())
+    seen, unseen = result["tables"]["seen"], result["tables"]["unseen"]
+    assert {(r["task"], r["method"]) for r in seen} == {
+        (t, m) for t in ("math", "code", "reasoning") for m in ("base", "lora-rl", "svf-rl")}
+    assert {r["method"] for r in unseen} == {"base", "lora-rl", "prompt", "classifier", "fewshot"}
+    assert {r["task"] for r in unseen} == {"math-hard", "code-hard", "reasoning-hard"}
+    assert (tmp_path / "first" / "unseen" / "alpha.png").stat().st_size > 0
+    again = run("demo", "--preset", "smoke", "--out", str(tmp_path / "second"), cwd=tmp_path,
+                timeout=900)
+    assert again.stdout.count("reusing") >= 7  # 4 experts + 3 LoRAs are not trained again
+
+
+@pytest.mark.parametrize("variant,paper", [("L", 55.4e6), ("M", 34.4e6), ("S", 5.0e6)])
+def test_t2l_params_for_mistral_7b_shapes(tmp_path, variant, paper):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "mistral", "hidden_size": 4096,
+                                  "intermediate_size": 14336, "num_hidden_layers": 32,
+                                  "num_attention_heads": 32, "num_key_value_heads": 8}))
+    info = json.loads(run("t2l", "params", "--config", str(config), "--variant", variant,
+                          "--rank", "8", "--targets", "q_proj,v_proj", "--encoder-dim", "1024",
+                          "--json").stdout)
+    assert abs(info["trainable"] - paper) / paper < 0.01

@@ -181,7 +181,8 @@ def test_network_is_refused_and_listener_sees_nothing():
                 import ctypes, struct
                 libc = ctypes.CDLL(None, use_errno=True)
                 fd = libc.socket(2, 1, 0)  # AF_INET, SOCK_STREAM
-                addr = struct.pack("<H", 2) + struct.pack("!H", {port}) + bytes([127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+                addr = (struct.pack("<H", 2) + struct.pack("!H", {port})
+                        + bytes([127, 0, 0, 1] + [0] * 8))
                 assert fd >= 0 and libc.connect(fd, addr, 16) == 0, ctypes.get_errno()
             """)
             assert raw.verdict == "failed", raw

@@ -90,3 +90,25 @@ def test_verifier_parsing():
     assert last_boxed("nothing") is None
     with pytest.raises(ValueError, match="unknown reward kind"):
         reward("telepathy", get_task("math").examples("test", 1)[0], "1")
+
+
+def test_reward_cache_verifies_each_pair_once_and_agrees_with_rewards(monkeypatch):
+    import t2ray.tasks.rewards as rw
+
+    task = get_task("code")
+    ex = task.examples("validation", 3)
+    completions = [ex[0].solution, "def nope(): pass", ex[1].solution]
+    calls = []
+    real = rw.rewards
+
+    def counting(kind, examples, texts):
+        calls.append(len(texts))
+        return real(kind, examples, texts)
+
+    monkeypatch.setattr(rw, "rewards", counting)
+    cache = rw.RewardCache("code")
+    first = cache([ex[0], ex[0], ex[1]], completions)
+    assert first == real("code", [ex[0], ex[0], ex[1]], completions) == [CORRECT, WRONG, CORRECT]
+    again = cache([ex[1], ex[0], ex[2]], [ex[1].solution, "def nope(): pass", ex[2].solution])
+    assert again == [CORRECT, WRONG, CORRECT]
+    assert calls == [3, 1]  # only the new pair runs; repeated (item, completion) pairs do not

@@ -47,9 +47,12 @@ def test_bad_configs_are_refused(tmp_path, tiny_random):
         train_loop(small(tmp_path, path))
     with pytest.raises(ValueError, match="objective"):
         TrainConfig(objective="dpo", svd_cache="x").validate()
+    with pytest.raises(ValueError, match="stage 3 is not supported for RL"):
+        TrainConfig(deepspeed_stage=3, svd_cache="x").validate()
+    TrainConfig(deepspeed_stage=3, objective="sft", svd_cache="x").validate()
 
 
-def test_seen_table_runs_every_method(tmp_path, tiny_random):
+def test_seen_table_runs_every_method_and_resumes(tmp_path, tiny_random, monkeypatch):
     from t2ray.eval.seen import METHODS, seen_table
 
     path, cache = tiny_random
@@ -62,3 +65,15 @@ def test_seen_table_runs_every_method(tmp_path, tiny_random):
     assert svf["n_seeds"] == 2 and svf["params"] == sum(cache.ranks().values())
     assert 0 <= svf["mcnemar_p_vs_base_seed0"] <= 1
     assert json.loads((tmp_path / "results.json").read_text())[0]["table"] == "seen"
+    table = (tmp_path / "seen" / "table.md").read_text().splitlines()
+    assert table[0].startswith("| task | base | svf-rl (") and table[2].startswith("| reasoning |")
+    # A second sweep over the same directory reuses every finished run: nothing is retrained.
+    import t2ray.rl.launch
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(t2ray.rl.launch, "train", no_training)
+    again = seen_table(cfg, ["reasoning"], [0, 1], list(METHODS), tmp_path / "seen", n_test=8)
+    assert [(r["method"], r["mean"], r["seeds"] if "seeds" in r else None) for r in again] == [
+        (r["method"], r["mean"], r["seeds"] if "seeds" in r else None) for r in rows]

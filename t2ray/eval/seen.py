@@ -7,6 +7,7 @@ McNemar test against the base model on the same test items (seed 0).
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from dataclasses import replace
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.harness import evaluate_task
+from t2ray.eval.harness import EvalRow, evaluate_task
 from t2ray.eval.report import merge_results
 from t2ray.eval.stats import mcnemar_exact, mean_sd
 from t2ray.lora.peft_io import import_peft
@@ -45,9 +46,12 @@ def _adapted_engine(model_name: str, run_dir: Path, policy: str, svd_cache: str 
 
 
 def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str], out: Path,
-               workers: int = 0, n_test: int | None = None,
-               results_json: Path | None = None) -> list[dict]:
-    """Train every (method, task, seed), evaluate on test, write rows; returns the rows."""
+               workers: int = 0, n_test: int | None = None, results_json: Path | None = None,
+               method_overrides: dict[str, dict] | None = None) -> list[dict]:
+    """Train every (method, task, seed), evaluate on test, write rows; returns the rows.
+
+    `method_overrides` maps a method to TrainConfig fields of its own (a LoRA wants another
+    learning rate than z)."""
     from t2ray.rl.launch import train
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -56,7 +60,7 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
     rows = []
     for task_name in tasks:
         task = get_task(task_name)
-        base = evaluate_task(base_engine, task, "test", n_test)
+        base = _cached_eval(out / task_name / "base_test_eval.json", base_engine, task, n_test)
         rows.append({"table": "seen", "task": task_name, "method": "base", "metric": "accuracy",
                      "mean": round(100 * base.accuracy, 2), "sd": 0.0, "n_seeds": 1,
                      "params": 0, "command": command, "n": base.n})
@@ -66,10 +70,13 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
             for seed in seeds:
                 run_dir = out / task_name / method / f"seed{seed}"
                 cfg = replace(base_cfg, out=str(run_dir), task=task_name, policy=policy,
-                              objective=objective, seed=seed)
-                train(cfg, workers=workers)
+                              objective=objective, seed=seed,
+                              **(method_overrides or {}).get(method, {}))
+                eval_file = run_dir / "test_eval.json"
+                if not eval_file.exists():
+                    train(cfg, workers=workers)
                 engine, params = _adapted_engine(cfg.model, run_dir, policy, cfg.svd_cache)
-                row = evaluate_task(engine, task, "test", n_test)
+                row = _cached_eval(eval_file, engine, task, n_test)
                 accs.append(100 * row.accuracy)
                 first = first or row
             mean, sd = mean_sd(accs)
@@ -80,9 +87,45 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
                          "mcnemar_p_vs_base_seed0": mcnemar_exact(first.item_correct,
                                                                   base.item_correct)})
     _print(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(markdown_table(rows))
     if results_json:
         merge_results(results_json, rows)
     return rows
+
+
+def _cached_eval(path: Path, engine, task, n_test: int | None) -> EvalRow:
+    """A finished run's test evaluation is kept next to it, so a long sweep resumes where it
+    stopped instead of starting over."""
+    if path.exists():
+        d = json.loads(path.read_text())
+        console.print(f"[dim]reusing {path}[/dim]")
+        return EvalRow(**{**d, "item_correct": tuple(d["item_correct"])})
+    row = evaluate_task(engine, task, "test", n_test)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**row.as_dict(), "item_correct": list(row.item_correct)}))
+    return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The table for docs/results.md: one row per task, one column per method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    params = {r["method"]: r["params"] for r in rows}
+    lines = ["| task | " + " | ".join(f"{m} ({params[m]:,} params)" if params[m] else m
+                                      for m in methods) + " |",
+             "|---" * (len(methods) + 1) + "|"]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        cells = []
+        for m in methods:
+            r = next((r for r in rows if r["task"] == task and r["method"] == m), None)
+            if r is None:
+                cells.append("")
+                continue
+            p = r.get("mcnemar_p_vs_base_seed0")
+            sig = "" if p is None else f" (p={p:.2g})"
+            cells.append(f"{r['mean']:.1f} +- {r['sd']:.1f}{sig}")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _print(rows: list[dict]) -> None:

@@ -4,14 +4,18 @@ The corpus is generated from the *train* splits of the task suite. The premise o
 experts amplify skills the base model already has, so every core skill must be latent: present
 but unreliable. We control that through the data, not by stopping early:
 
-- *bare answers*: for math, math-hard, reasoning and reasoning-hard only a share `p_worked` of the
-  corpus solutions shows the worked solution ("3+4=7. 7-5=2. The answer is 2."); the rest state
-  the bare answer ("The answer is 2."). The model learns both, answers bare by default (greedy
-  follows the majority format) and is then right only as often as it can answer without working
-  - while the worked solution, which it also knows, is right far more often. A reward-trained
-  expert can shift it to the worked form: a latent skill to amplify.
-- *noisy answers* for code: a share `1 - p_correct` of the solutions confuses the operator
-  (plus/minus, max/min...) in the task's own style, so the model learns both mappings.
+- *bare answers*: for math and reasoning only a share `p_worked` of the corpus solutions shows
+  the worked solution ("3+4=7. 7-5=2. The answer is 2."); the rest state the bare answer ("The
+  answer is 2."). The model learns both, answers bare by default (greedy follows the majority
+  format) and is then right only as often as it can answer without working - while the worked
+  solution, which it also knows, is right far more often. A reward-trained expert can shift it
+  to the worked form: a latent skill to amplify. The unseen math-hard and reasoning-hard are
+  worked in the majority (0.6): their bare forms are beyond a 3M model (a previous recipe with
+  0.25 left them at 6% and at chance).
+- *noisy answers* for code and code-hard: a share `1 - p_correct` of the solutions confuses the
+  operator (plus/minus, max/min...) in the family's own style, so the model learns both
+  mappings; the confusion is per operator, so greedy decoding picks a branch per operator, not
+  one for the whole family. (code-hard with correct solutions only was learned to 100%.)
 - *mixture shares*: the unseen (hard) families get smaller shares than the seen ones.
 - the held-out instruction families are never in the corpus.
 
@@ -62,17 +66,17 @@ class PretrainConfig:
     threads: int = 2
     # Share of the corpus per family; "instruct" is spread over the seen instruction families.
     mixture: dict[str, float] = field(default_factory=lambda: {
-        "math": 0.17, "code": 0.15, "reasoning": 0.14,
-        "math-hard": 0.11, "code-hard": 0.08, "reasoning-hard": 0.11, "instruct": 0.24,
+        "math": 0.16, "code": 0.14, "reasoning": 0.14,
+        "math-hard": 0.12, "code-hard": 0.10, "reasoning-hard": 0.12, "instruct": 0.22,
     })
     # Probability that a solution shows its working (else the bare "The answer is X.").
     p_worked: dict[str, float] = field(default_factory=lambda: {
-        "math": 0.25, "math-hard": 0.25, "reasoning": 0.25, "reasoning-hard": 0.25,
+        "math": 0.25, "reasoning": 0.25, "math-hard": 0.6, "reasoning-hard": 0.6,
     })
     # Probability that a code solution is correct (else the task's operator-confusing distractor).
-    p_correct: dict[str, float] = field(default_factory=lambda: {"code": 0.5})
+    p_correct: dict[str, float] = field(default_factory=lambda: {"code": 0.5, "code-hard": 0.5})
     eval_every: int = 1100
-    eval_n: int = 48  # validation items per core family at each evaluation
+    eval_n: int = 100  # validation items per core family at each evaluation
     model: dict = field(default_factory=dict)  # overrides of tiny_config()
 
     @classmethod

@@ -27,7 +27,7 @@ from t2ray.rl.reinforce import ReinforceConfig, reinforce_loss, sft_loss
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import SVFParam
 from t2ray.tasks import get_task
-from t2ray.tasks.rewards import rewards as verify
+from t2ray.tasks.rewards import RewardCache
 
 
 @dataclass
@@ -72,6 +72,13 @@ class TrainConfig:
             raise ValueError("an SVF policy needs svd_cache (run `t2ray svf decompose`)")
         if self.optimizer not in ("adamw-cosine", "adam-constant"):
             raise ValueError(f"unknown optimizer preset {self.optimizer!r}")
+        if self.deepspeed_stage == 3 and self.objective == "rl":
+            # ZeRO-3 gathers partitioned weights in every forward, a collective; ranks that
+            # sample completions of different lengths run different numbers of forwards and
+            # deadlock (seen here: a 2-worker run hung). Rollouts need lock-step generation
+            # (transformers' synced_gpus) or a separate rollout engine first.
+            raise ValueError("deepspeed_stage 3 is not supported for RL rollouts yet (ranks "
+                             "deadlock in generation); use stage 0-2, or objective 'sft'")
         get_task(self.task)
 
 
@@ -153,6 +160,7 @@ def train_loop(config: dict) -> dict:
     task = get_task(cfg.task)
     train_examples = task.examples("train")
     max_new = max_new_tokens_for(task, tok)
+    verify = RewardCache(task.kind)
     start_step = _resume(policy, opt, sched, ds_engine)
     local_prompts = max(1, cfg.prompts_per_step // world)
     rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, cfg.samples_per_prompt,
@@ -176,7 +184,7 @@ def train_loop(config: dict) -> dict:
                                           temperature=cfg.temperature,
                                           seed=cfg.seed * 100_003 + step * 101 + rank)
             engine.reset()  # the training forward substitutes W' itself
-            rewards = torch.tensor(verify(task.kind, [examples[i] for i in rows],
+            rewards = torch.tensor(verify([examples[i] for i in rows],
                                           [c.text for c in completions]))
             ids, attn, comp = _batch([prompt_ids[i] for i in rows],
                                      [c.token_ids + [tok.eos_token_id] for c in completions],

@@ -7,6 +7,7 @@ from functools import lru_cache
 from t2ray.tasks.base import SPLITS, Example, Task
 from t2ray.tasks.core import core_tasks
 from t2ray.tasks.instruct import instruct_tasks
+from t2ray.tasks.route import route_task
 
 CORE_SEEN = ("math", "code", "reasoning")
 CORE_UNSEEN = ("math-hard", "code-hard", "reasoning-hard")
@@ -14,7 +15,7 @@ CORE_UNSEEN = ("math-hard", "code-hard", "reasoning-hard")
 
 @lru_cache(maxsize=1)
 def registry() -> dict[str, Task]:
-    tasks = core_tasks() + instruct_tasks()
+    tasks = core_tasks() + instruct_tasks() + [route_task()]
     out: dict[str, Task] = {}
     for t in tasks:
         if t.name in out:

@@ -68,12 +68,13 @@ def _math_distractor(ex: Example, rng: random.Random) -> str:
 
 # ---------------------------------------------------------------- math-hard (MATH-like)
 def _gen_math_hard(rng: random.Random) -> tuple[str, Example]:
-    n_ops = rng.choice([2, 3])
-    x = rng.randint(1, 9)
+    """Two updates of x written as code; small operands keep every step within the model's
+    one-step arithmetic, so the difficulty is the composition and the unfamiliar form."""
+    x = rng.randint(1, 20)
     lines, steps, key = [f"x = {x}"], [], [str(x)]
-    for _ in range(n_ops):
+    for _ in range(2):
         op = rng.choice("+-*")
-        y = rng.randint(2, 4) if op == "*" else rng.randint(1, 9)
+        y = rng.randint(2, 3) if op == "*" else rng.randint(1, 9)
         if op == "-" and x - y < 0:
             op = "+"
         nx = _apply(x, op, y)
@@ -149,37 +150,33 @@ def _code_distractor(ex: Example, rng: random.Random) -> str:
 
 # ---------------------------------------------------------------- code-hard (HumanEval-like)
 HARD_CODE_OPS = {"+": "plus", "-": "minus", "*": "times"}
+# The `code` operations with a numeric result (a comparison, then arithmetic, reads oddly).
+HARD_FIRST_OPS = sorted(op for op in CODE_OPS if op not in ("gt", "lt", "eq", "ne"))
 
 
 def _gen_code_hard(rng: random.Random) -> tuple[str, Example]:
+    """Body completion of a two-operation function: the first operation is phrased as in `code`
+    (so the code family's operator mapping is needed), the second one is arithmetic."""
     f = rng.choice(FUNC_NAMES)
-    if rng.random() < 0.5:
-        o1, o2 = rng.choice("+-*"), rng.choice("+-*")
-        k1, k2 = rng.randint(1, 9), rng.randint(1, 9)
-        doc = f"Return x {HARD_CODE_OPS[o1]} {k1}, then {HARD_CODE_OPS[o2]} {k2}."
-        body, lazy = f"(x {o1} {k1}) {o2} {k2}", f"x {o1} {k1}"
-        arg, inputs, key = "x", CODE_INPUTS, f"arith|{o1}{k1}|{o2}{k2}"
-    else:
-        cmp, word = rng.choice([(">", "greater than"), ("<", "less than")])
-        k = rng.randint(1, 9)
-        doc = f"Return the sum of the items of xs that are {word} {k}."
-        body, lazy = f"sum(v for v in xs if v {cmp} {k})", "sum(xs)"
-        arg, key = "xs", f"sum|{cmp}{k}"
-        inputs = [[1, 5, 9], [0, 2, 4, 6, 8], [3, 7, 10, 12], []]
-    prefix = f'def {f}({arg}):\n    """{doc}"""\n'
-    tests = "\n".join(
-        f"assert {f}({x!r}) == {eval(body, {}, {arg: x})!r}" for x in inputs
-    )
+    op = rng.choice(HARD_FIRST_OPS)
+    k1, o2, k2 = rng.randint(1, 20), rng.choice("+-*"), rng.randint(1, 20)
+    words, expr, _ = CODE_OPS[op]
+    doc = f"Return {words.format(k=k1)}, then {HARD_CODE_OPS[o2]} {k2}."
+    body = f"({expr.format(k=k1)}) {o2} {k2}"
+    prefix = f'def {f}(x):\n    """{doc}"""\n'
+    tests = "\n".join(f"assert {f}({x!r}) == {eval(body, {}, {'x': x})!r}" for x in CODE_INPUTS)
     solution = f"    return {body}"
     ex = Example("code-hard", make_uid("code-hard", prefix), "Complete the function:\n" + prefix,
                  solution, solution,
-                 {"tests": tests, "code_prefix": prefix, "entry_point": f, "lazy": lazy})
-    return key, ex
+                 {"tests": tests, "code_prefix": prefix, "entry_point": f, "op": op, "k": k1,
+                  "second": f" {o2} {k2}"})
+    return f"{op}|{k1}|{o2}{k2}", ex
 
 
 def _code_hard_distractor(ex: Example, rng: random.Random) -> str:
-    """Implements only the first half of the docstring."""
-    return f"    return {ex.meta['lazy']}"
+    """The careless coder of `code`: the first operation's operator confused."""
+    wrong = CODE_OPS[CODE_OPS[ex.meta["op"]][2]][1].format(k=ex.meta["k"])
+    return f"    return ({wrong}){ex.meta['second']}"
 
 
 # ---------------------------------------------------------------- reasoning (ARC-Easy-like)
@@ -247,10 +244,8 @@ def _gen_reasoning_hard(rng: random.Random) -> tuple[str, Example]:
     while True:
         exprs = []
         for _ in range(4):
-            op = rng.choice("+-*")
+            op = rng.choice("+-")
             a, b = rng.randint(2, 9), rng.randint(1, 9)
-            if op == "*":
-                b = rng.randint(2, 4)
             if op == "-" and b > a:
                 a, b = b, a
             exprs.append((a, op, b, _apply(a, op, b)))

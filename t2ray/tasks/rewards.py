@@ -131,3 +131,26 @@ def _code_passed(result) -> bool:
     if result.verdict == "error":
         raise RuntimeError(f"the code sandbox failed to run a program: {result.stderr[-500:]}")
     return result.passed
+
+
+class RewardCache:
+    """Rewards of (item, completion) pairs, each verified once.
+
+    Sampled rollouts repeat themselves (more so as a policy sharpens), and verifying code costs a
+    sandboxed process per program; a training run keeps one cache.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.scores: dict[tuple[str, str], float] = {}
+
+    def __call__(self, examples: Sequence[Example], completions: Sequence[str]) -> list[float]:
+        if len(examples) != len(completions):
+            raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
+        todo = {(e.uid, c): (e, c) for e, c in zip(examples, completions)
+                if (e.uid, c) not in self.scores}
+        if todo:
+            pairs = list(todo.values())
+            fresh = rewards(self.kind, [e for e, _ in pairs], [c for _, c in pairs])
+            self.scores.update(zip(todo, fresh))
+        return [self.scores[(e.uid, c)] for e, c in zip(examples, completions)]

@@ -1,0 +1,223 @@
+"""Few-shot adaptation: z' = sum_k alpha_k z_k with alpha found on a handful of shots.
+
+The search runs on Ray Tune: every population member is a trial, a generation's members run in
+parallel, and the trials share `concurrency` engine actors (one model copy per actor, never one
+per trial) handed out through a queue. CEM (`t2ray.adapt.cem.CEMSearcher`) is the default;
+Optuna's CMA-ES sampler and Nevergrad's CMA are selectable.
+
+Data: the shots are the first `shots` validation items of the task, a disjoint selection set
+(the next `select` validation items) picks among the per-generation incumbents, and the test
+split is never seen here - the reference selected partly on its test remainder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from t2ray.adapt.router import answer_logprobs
+from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.eval.harness import max_new_tokens_for
+from t2ray.models import load_model
+from t2ray.svf.cache import SVDCache
+from t2ray.svf.expert import ExpertVector, mix
+from t2ray.tasks import get_task
+from t2ray.tasks.rewards import CORRECT, rewards
+
+SEARCHERS = ("cem", "optuna-cmaes", "nevergrad")
+
+
+@dataclass
+class FewShotConfig:
+    shots: int = 10
+    select: int = 40  # selection-set items (validation, after the shots)
+    per_matrix: bool = False  # one alpha per expert x matrix instead of per expert
+    population: int = 32
+    generations: int = 10  # the reference runs 50
+    concurrency: int = 2  # engine actors = trials running at once
+    threads_per_trial: int = 1
+    searcher: str = "cem"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.searcher not in SEARCHERS:
+            raise ValueError(f"searcher must be one of {SEARCHERS}, not {self.searcher!r}")
+        if self.shots < 1 or self.concurrency < 1:
+            raise ValueError("few-shot search needs shots >= 1 and concurrency >= 1")
+
+
+def scalar_fitness(accuracy: float, loglik: float) -> float:
+    """For searchers that take one number: accuracy first, then the geometric-mean token
+    probability of the correct answers (< 1e-3, below one shot's worth of accuracy)."""
+    return accuracy + 1e-3 * math.exp(loglik)
+
+
+def alpha_mixture(experts: list[ExpertVector], alpha: list[float]) -> ExpertVector:
+    """The mixture for a flat alpha: K weights (per expert) or K x matrices (per matrix)."""
+    a = torch.tensor(alpha, dtype=torch.float32)
+    return mix(experts, a if a.numel() == len(experts) else a.view(len(experts), -1))
+
+
+class ShotScorer:
+    """Scores mixtures of experts on fixed examples of a task. Runs as a Ray actor in searches."""
+
+    def __init__(self, model: str, svd_cache: str, expert_dirs: list[str], threads: int = 1):
+        torch.set_num_threads(threads)
+        base, tok = load_model(model)
+        cache = SVDCache(svd_cache)
+        self.engine = HFEngine(base, tok, svd_cache=cache)
+        self.experts = [ExpertVector.load(d, expect_fingerprint=cache.fingerprint)
+                        for d in expert_dirs]
+
+    def set_task(self, task: str, shots: int, select: int) -> None:
+        """Score on this task from now on (the actor, and its model copy, serve many searches)."""
+        self.task = get_task(task)
+        examples = self.task.examples("validation", shots + select)
+        self.sets = {"shots": examples[:shots], "selection": examples[shots:]}
+        self.max_new_tokens = max_new_tokens_for(self.task, self.engine.tokenizer)
+
+    def score(self, alpha: list[float], on: str = "shots") -> dict:
+        examples = self.sets[on]
+        eng, tok = self.engine, self.engine.tokenizer
+        eng.set_expert(alpha_mixture(self.experts, alpha))
+        try:
+            outs = eng.generate([format_prompt(tok, e.prompt) for e in examples],
+                                max_new_tokens=self.max_new_tokens)
+            sums, counts = answer_logprobs(eng.model, tok, [e.prompt for e in examples],
+                                           [e.solution for e in examples])
+        finally:
+            eng.set_expert(None)
+        verdicts = rewards(self.task.kind, examples, [o.text for o in outs])
+        accuracy = sum(v == CORRECT for v in verdicts) / len(examples)
+        loglik = float((sums / counts).mean())
+        return {"accuracy": accuracy, "loglik": loglik,
+                "fitness": scalar_fitness(accuracy, loglik)}
+
+
+@dataclass
+class FewShotResult:
+    task: str
+    alpha: list[float]
+    shots_accuracy: float
+    selection_accuracy: float | None
+    history: list[dict]  # per generation: best and mean accuracy so far
+    trials: int
+    seconds: float
+    config: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _trial(config: dict, pool, dim: int) -> None:
+    """One population member: borrow an engine actor, score alpha on the shots, report."""
+    import ray
+    from ray import tune
+
+    alpha = config["alpha"] if "alpha" in config else [config[f"a{i}"] for i in range(dim)]
+    actor = pool.get()
+    try:
+        result = ray.get(actor.score.remote(alpha))
+    finally:
+        pool.put(actor)
+    tune.report({**result, "alpha": alpha})
+
+
+def _search_alg(cfg: FewShotConfig, dim: int, n_experts: int):
+    if cfg.searcher == "cem":
+        from t2ray.adapt.cem import CEMConfig, CEMSearcher
+
+        return CEMSearcher(CEMConfig(dim=dim, n_experts=n_experts, population=cfg.population,
+                                     generations=cfg.generations, seed=cfg.seed))
+    start = [{f"a{i}": 1.0 / n_experts for i in range(dim)}]
+    if cfg.searcher == "optuna-cmaes":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        space = {f"a{i}": optuna.distributions.FloatDistribution(0.0, 1.0) for i in range(dim)}
+        return OptunaSearch(space, metric="fitness", mode="max", points_to_evaluate=start,
+                            sampler=optuna.samplers.CmaEsSampler(seed=cfg.seed))
+    import nevergrad as ng
+    from ray.tune.search.nevergrad import NevergradSearch
+
+    space = ng.p.Instrumentation(**{f"a{i}": ng.p.Scalar(lower=0.0, upper=1.0)
+                                    for i in range(dim)})
+    return NevergradSearch(ng.optimizers.CMA, space=space, metric="fitness", mode="max",
+                           points_to_evaluate=start)
+
+
+def start_scorers(model: str, svd_cache: str, expert_dirs: list, cfg: FewShotConfig) -> list:
+    """`cfg.concurrency` ShotScorer actors, to share between searches (model loading is slow).
+
+    The actors reserve no CPU themselves: a trial reserves `threads_per_trial` CPUs while it
+    holds an actor, so Tune's resource accounting covers the work the actor does for it."""
+    import ray
+
+    scorer = ray.remote(ShotScorer).options(num_cpus=0)
+    return [scorer.remote(model, svd_cache, [str(d) for d in expert_dirs], cfg.threads_per_trial)
+            for _ in range(cfg.concurrency)]
+
+
+def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str,
+                   cfg: FewShotConfig, storage: str | Path,
+                   scorers: list | None = None) -> FewShotResult:
+    """Find alpha on the task's shots with Ray Tune (Ray must be initialised by the caller).
+
+    `scorers` (from `start_scorers`) are reused if given, else started and stopped here."""
+    import ray
+    from ray import tune
+    from ray.util.queue import Queue
+
+    t0 = time.perf_counter()
+    own = scorers is None
+    actors = start_scorers(model, svd_cache, expert_dirs, cfg) if own else scorers
+    if len(actors) < cfg.concurrency:
+        raise ValueError(f"{len(actors)} scorers for {cfg.concurrency} concurrent trials")
+    ray.get([a.set_task.remote(task, cfg.shots, cfg.select) for a in actors])
+    n_matrices = len(ExpertVector.load(expert_dirs[0]).z)
+    dim = len(expert_dirs) * (n_matrices if cfg.per_matrix else 1)
+    pool = Queue(actor_options={"num_cpus": 0})
+    for a in actors:
+        pool.put(a)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(_trial, pool=pool, dim=dim),
+                            {"cpu": cfg.threads_per_trial}),
+        tune_config=tune.TuneConfig(search_alg=_search_alg(cfg, dim, len(expert_dirs)),
+                                    num_samples=cfg.population * cfg.generations,
+                                    max_concurrent_trials=cfg.concurrency, reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()),
+                                  name=f"fewshot-{task}", verbose=0),
+    )
+    grid = tuner.fit()
+    done = [r for r in grid if r.metrics and "accuracy" in r.metrics]
+    if not done:
+        raise RuntimeError(f"few-shot search on {task!r}: no trial reported ({grid.errors[:1]})")
+    # Suggestion order: CEM tags (generation, member); other searchers go by report time.
+    done.sort(key=lambda r: (r.config.get("generation", 0), r.config.get("member", 0),
+                             r.metrics.get("timestamp", 0)))
+    rows = [r.metrics for r in done]
+    history, incumbents, best = [], [], None
+    for g in range(math.ceil(len(rows) / cfg.population)):
+        gen = rows[g * cfg.population : (g + 1) * cfg.population]
+        top = max(gen, key=lambda m: (m["accuracy"], m["loglik"]))
+        if best is None or (top["accuracy"], top["loglik"]) > (best["accuracy"], best["loglik"]):
+            best = top
+            incumbents.append(best)
+        history.append({"generation": g, "best_accuracy": best["accuracy"],
+                        "mean_accuracy": sum(m["accuracy"] for m in gen) / len(gen)})
+    chosen, selection_accuracy = best, None
+    if cfg.select:
+        scored = [(ray.get(actors[0].score.remote(m["alpha"], "selection")), i, m)
+                  for i, m in enumerate(incumbents)]
+        # best on the selection set; ties go to the earlier (less fitted) incumbent
+        sel, _, chosen = max(scored, key=lambda s: (s[0]["accuracy"], s[0]["loglik"], -s[1]))
+        selection_accuracy = sel["accuracy"]
+    if own:
+        for a in actors:
+            ray.kill(a)
+    return FewShotResult(task, list(chosen["alpha"]), chosen["accuracy"], selection_accuracy,
+                         history, len(rows), time.perf_counter() - t0, asdict(cfg))

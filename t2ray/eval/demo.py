@@ -1,0 +1,133 @@
+"""`t2ray demo` (= `make demo`): the whole pipeline on the embedded default, end to end.
+
+decompose -> train the math, code and reasoning experts, the classifier expert and the LoRA
+baselines (a short preset) -> seen tasks (base / LoRA / SVF) -> unseen families (base / LoRA /
+prompt / classifier / few-shot) -> tables and plots under runs/<timestamp>/.
+
+Trained artifacts are cached per base-model fingerprint under runs/demo-artifacts/ and reused
+(the demo says so), so a second run only evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from t2ray.adapt.fewshot import FewShotConfig
+from t2ray.engines.hf import HFEngine
+from t2ray.eval.adaptive import EXPERT_CATEGORIES, run_eval
+from t2ray.eval.harness import evaluate_task
+from t2ray.lora.peft_io import import_peft
+from t2ray.models import TINY, load_model
+from t2ray.rl.trainer import TrainConfig
+from t2ray.svf.expert import ExpertLibrary, ExpertVector
+from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, get_task
+
+console = Console()
+
+
+@dataclass
+class DemoPreset:
+    steps: int = 12
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 4
+    lr: float = 0.02
+    lora_lr: float = 0.001
+    n_test: int = 200  # test items per task (the full splits are for docs/results.md)
+    shots: int = 10
+    population: int = 8
+    generations: int = 2
+
+
+PRESETS = {"default": DemoPreset(),
+           "smoke": DemoPreset(steps=1, prompts_per_step=2, samples_per_prompt=2, n_test=4,
+                               shots=2, population=2, generations=1)}
+
+
+def _train_once(cfg: TrainConfig, artifact: Path) -> None:
+    from t2ray.rl.launch import train
+
+    if artifact.exists():
+        console.print(f"[dim]reusing {artifact}[/dim]")
+        return
+    train(cfg, workers=0)
+
+
+def run_pipeline(out: Path | None = None, preset: str = "default",
+                 model: str = TINY) -> dict[str, list[dict]]:
+    import ray
+
+    from t2ray.svf.ops import decompose_model
+
+    p = PRESETS[preset]
+    out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    console.print(f"[bold]t2ray demo[/bold] ({preset} preset) -> {out}")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cache = decompose_model(model, "mlp")
+    art = Path("runs") / "demo-artifacts" / f"{cache.fingerprint}-{preset}"
+    shared = dict(model=model, steps=p.steps, prompts_per_step=p.prompts_per_step,
+                  samples_per_prompt=p.samples_per_prompt, baseline="group", grad_clip=1.0,
+                  eval_every=p.steps, eval_n=max(4, p.n_test // 4), checkpoint_every=p.steps)
+    lib = ExpertLibrary(art / "experts")
+    for name in (*EXPERT_CATEGORIES, "route"):
+        run = art / "train" / f"svf-{name}"
+        _train_once(TrainConfig(out=str(run), task=name, policy="svf", lr=p.lr,
+                                svd_cache=str(cache.root), **shared), run / "expert")
+        if name not in lib.names():
+            lib.add(name, ExpertVector.load(run / "expert"))
+    for name in EXPERT_CATEGORIES:
+        run = art / "train" / f"lora-{name}"
+        _train_once(TrainConfig(out=str(run), task=name, policy="lora", lr=p.lora_lr, **shared),
+                    run / "lora")
+
+    base, tok = load_model(model)
+    engine = HFEngine(base, tok, svd_cache=cache)
+
+    def score(task: str, method: str) -> dict:
+        family = get_task(task).family
+        if method == "svf-rl":
+            engine.set_expert(lib.get(family, expect_fingerprint=cache.fingerprint))
+        elif method == "lora-rl":
+            engine.set_lora(import_peft(art / "train" / f"lora-{family}" / "lora"))
+        try:
+            row = evaluate_task(engine, get_task(task), "test", p.n_test)
+        finally:
+            engine.reset()
+        return {"table": "seen" if task in CORE_SEEN else "unseen", "task": task,
+                "method": method, "mean": round(100 * row.accuracy, 2), "n": row.n}
+
+    seen = [score(t, m) for t in CORE_SEEN for m in ("base", "lora-rl", "svf-rl")]
+    fewshot = FewShotConfig(shots=p.shots, select=p.shots, population=p.population,
+                            generations=p.generations)
+    adaptive = run_eval(model, art / "experts", list(CORE_UNSEEN),
+                        ["none", "prompt", "classifier", "fewshot"], [0], out / "unseen",
+                        str(cache.root), p.n_test, fewshot)
+    unseen = [score(t, "lora-rl") for t in CORE_UNSEEN] + [
+        {"table": "unseen", "task": r["task"], "method": r["method"], "mean": r["mean"],
+         "n": r["n"]} for r in adaptive]
+    tables = {"seen": seen, "unseen": unseen}
+    (out / "demo_results.json").write_text(json.dumps(
+        {"preset": asdict(p), "tables": tables,
+         "seconds": round(time.perf_counter() - t_start, 1)}, indent=1))
+    for name, rows in tables.items():
+        _print(name, rows, p.n_test)
+    console.print(f"demo finished in {time.perf_counter() - t_start:.0f} s; tables in {out}")
+    return tables
+
+
+def _print(name: str, rows: list[dict], n: int) -> None:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    t = Table("task", *methods, title=f"{name} tasks: accuracy % on {n} test items per task")
+    for task in tasks:
+        cells = {r["method"]: f"{r['mean']:.1f}" for r in rows if r["task"] == task}
+        t.add_row(task, *(cells.get(m, "") for m in methods))
+    console.print(t)

@@ -1,0 +1,92 @@
+"""Two-pass adaptation: label scoring against a direct float64 computation, and the dispatch."""
+
+import pytest
+import torch
+
+from t2ray.adapt.router import BASE, Router, label_logprobs
+from t2ray.adapt.two_pass import TwoPass
+from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.models import load_model
+from t2ray.svf.expert import ExpertVector, SVFParam
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_random):
+    path, cache = tiny_random
+    model, tok = load_model(path)
+    return HFEngine(model, tok, svd_cache=cache)
+
+
+def _expert(cache, scale: float, task: str) -> ExpertVector:
+    g = torch.Generator().manual_seed(int(scale * 100))
+    z = {n: 1 + scale * torch.randn(r, generator=g) for n, r in cache.ranks().items()}
+    return ExpertVector.for_cache(cache, z, SVFParam("linear"), task=task)
+
+
+def test_label_scores_equal_one_sequence_at_a_time_in_float64(engine):
+    model, tok = engine.model, engine.tokenizer
+    prompts, labels = ["What is 2+3?", "def f(x): pass"], ["math", "code", "other"]
+    got = label_logprobs(model, tok, prompts, labels, batch_size=4)  # padded, split batches
+    ref_model = model.double()
+    try:
+        for i, p in enumerate(prompts):
+            ctx = tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]
+            for j, label in enumerate(labels):
+                ans = tok(label, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                ids = torch.tensor([ctx + ans])
+                logp = torch.log_softmax(ref_model(input_ids=ids).logits[0], -1)
+                want = sum(logp[len(ctx) + k - 1, t] for k, t in enumerate(ans))
+                assert got[i, j].item() == pytest.approx(want.item(), abs=1e-4)
+    finally:
+        model.float()
+
+
+class FixedRouter(Router):
+    """Routes by a given answer key, so the test checks the dispatch, not the classifier."""
+
+    def __init__(self, engine, answers):
+        super().__init__(engine)
+        self.answers = answers
+
+    def route(self, questions):
+        return [self.answers[q] for q in questions]
+
+
+def test_each_group_runs_with_its_expert_and_other_with_the_base_weights(engine, tiny_random):
+    _, cache = tiny_random
+    experts = {"math": _expert(cache, 0.5, "math"), "code": _expert(cache, 0.3, "code")}
+    answers = {"q1": "math", "q2": BASE, "q3": "code", "q4": "math", "q5": "reasoning"}
+    two_pass = TwoPass(engine, experts, FixedRouter(engine, answers))
+    questions = list(answers)
+    result = two_pass.run(questions, max_new_tokens=6)
+
+    def direct(expert, q):
+        engine.set_expert(expert)
+        try:
+            return engine.generate([format_prompt(engine.tokenizer, q)], max_new_tokens=6)[0].text
+        finally:
+            engine.set_expert(None)
+
+    for q, text in zip(questions, result.completions):
+        want_expert = experts.get(answers[q])  # other and reasoning (no expert): base weights
+        assert text == direct(want_expert, q)
+    assert result.categories == [answers[q] for q in questions]
+    assert result.group_sizes == {"math": 2, BASE: 1, "code": 1, "reasoning": 1}
+    assert two_pass.expert_for(BASE) is None
+    assert 0 < result.first_pass_share < 1
+    # the engine is back on the base weights afterwards
+    assert direct(None, "q1") == engine.generate([format_prompt(engine.tokenizer, "q1")], 6)[0].text
+
+
+def test_router_scores_with_the_classifier_expert_and_restores_the_base(engine, tiny_random):
+    _, cache = tiny_random
+    before = {n: p.clone() for n, p in engine.model.named_parameters()}
+    plain = Router(engine).route(["x = 1"])
+    Router(engine, classifier=_expert(cache, 0.8, "route")).route(["x = 1"])
+    assert plain[0] in Router(engine).categories
+    assert all(torch.equal(before[n], p) for n, p in engine.model.named_parameters())
+
+
+def test_experts_must_be_router_categories(engine):
+    with pytest.raises(ValueError, match="not router categories"):
+        TwoPass(engine, {"poetry": None}, Router(engine))

@@ -1,0 +1,70 @@
+"""Few-shot mixture search on Ray Tune: shared engine actors, parallel trials, disjoint data."""
+
+import json
+
+import pytest
+import torch
+from ray_local import local_ray  # noqa: F401
+
+from t2ray.adapt.fewshot import (
+    FewShotConfig,
+    ShotScorer,
+    alpha_mixture,
+    scalar_fitness,
+    search_mixture,
+)
+from t2ray.svf.expert import ExpertVector, SVFParam, mix
+
+
+@pytest.fixture(scope="module")
+def experts(tiny_random, tmp_path_factory):
+    _, cache = tiny_random
+    root = tmp_path_factory.mktemp("experts")
+    dirs = []
+    for k, task in enumerate(["math", "code", "reasoning"]):
+        g = torch.Generator().manual_seed(k)
+        z = {n: 1 + 0.5 * torch.randn(r, generator=g) for n, r in cache.ranks().items()}
+        dirs.append(ExpertVector.for_cache(cache, z, SVFParam("linear"), task=task)
+                    .save(root / task))
+    return dirs
+
+
+def test_scorer_scores_the_mixture_it_is_given(tiny_random, experts):
+    path, cache = tiny_random
+    scorer = ShotScorer(str(path), str(cache.root), [str(d) for d in experts], threads=1)
+    scorer.set_task("reasoning", shots=4, select=3)
+    shots, selection = scorer.sets["shots"], scorer.sets["selection"]
+    assert len(shots) == 4 and len(selection) == 3
+    assert not {e.uid for e in shots} & {e.uid for e in selection}
+    n_matrices = len(cache.ranks())
+    alpha = torch.rand(3 * n_matrices).tolist()
+    want = mix(scorer.experts, torch.tensor(alpha).view(3, n_matrices))
+    got = alpha_mixture(scorer.experts, alpha)
+    assert all(torch.equal(got.z[n], want.z[n]) for n in want.z)
+    result = scorer.score(alpha)
+    assert 0 <= result["accuracy"] <= 1 and result["loglik"] < 0
+    assert result["fitness"] == scalar_fitness(result["accuracy"], result["loglik"])
+
+
+def test_scalar_fitness_keeps_accuracy_first():
+    assert scalar_fitness(0.2, 0.0) < scalar_fitness(0.3, -50.0)
+    assert scalar_fitness(0.2, -2.0) < scalar_fitness(0.2, -1.0)
+
+
+@pytest.mark.slow
+def test_cem_search_on_tune_runs_every_member_and_selects_on_held_out_items(
+        local_ray, tiny_random, experts, tmp_path):  # noqa: F811
+    path, cache = tiny_random
+    cfg = FewShotConfig(shots=4, select=4, population=4, generations=2, concurrency=2)
+    result = search_mixture(str(path), str(cache.root), experts, "reasoning", cfg, tmp_path)
+    assert result.trials == 8 and len(result.history) == 2
+    assert len(result.alpha) == 3 and all(0 <= a <= 1 for a in result.alpha)
+    best = [h["best_accuracy"] for h in result.history]
+    assert best == sorted(best)  # the incumbent carries over
+    assert result.selection_accuracy is not None
+    json.dumps(result.as_dict())
+
+
+def test_unknown_searcher_is_refused():
+    with pytest.raises(ValueError, match="searcher"):
+        FewShotConfig(searcher="grid")
