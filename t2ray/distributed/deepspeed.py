@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -23,10 +24,24 @@ def deepspeed_config(stage: int, grad_clip: float, world_size: int) -> dict:
     return cfg
 
 
+def clear_stale_build_locks(root: Path, max_age_s: float = 900.0) -> list[Path]:
+    """Remove JIT-build `lock` files older than `max_age_s`.
+
+    torch's extension builder waits as long as a `lock` file exists; a build killed midway (a
+    timed-out job) leaves one behind and every later DeepSpeed start then hangs. A build takes a
+    minute or two here, so a lock older than 15 minutes has no live owner."""
+    stale = [lock for lock in Path(root).glob("*/lock")
+             if time.time() - lock.stat().st_mtime > max_age_s]
+    for lock in stale:
+        lock.unlink(missing_ok=True)
+    return stale
+
+
 def initialize(module: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: int,
                grad_clip: float, world_size: int):
     """(DeepSpeed engine, its optimizer). JIT-compiled ops are cached once per machine."""
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_DIR))
+    clear_stale_build_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
