@@ -13,7 +13,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -115,7 +115,7 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
     fewshot = fewshot or FewShotConfig()
     for seed in seeds:
         lib = library_for_seed(experts, seed)
-        fs = FewShotConfig(**{**fewshot.__dict__, "seed": seed})
+        fs = replace(fewshot, seed=seed)
         # one set of engine actors per expert library, shared by the searches of all tasks
         scorers = start_scorers(model, svd_cache, [lib.root / c for c in EXPERT_CATEGORIES],
                                 fs) if "fewshot" in strategies else None
