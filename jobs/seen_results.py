@@ -14,7 +14,8 @@ from t2ray.svf.ops import decompose_model
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--config", help="YAML: TrainConfig fields shared by all runs, and under "
-                    "`methods:` per-method overrides (e.g. methods: {lora-rl: {lr: 0.001}})")
+                    "`methods:` per-method overrides (e.g. methods: {lora-rl: {lr: 0.001}}) and "
+                    "under `tasks:` per-task ones (tasks: {reasoning: {svf-rl: {lr: 0.005}}})")
 parser.add_argument("--model", default="tiny")
 parser.add_argument("--tasks", default="math,code,reasoning")
 parser.add_argument("--seeds", default="0,1,2")
@@ -28,6 +29,7 @@ args = parser.parse_args()
 
 fields = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
 overrides = fields.pop("methods", {}) or {}
+task_overrides = fields.pop("tasks", {}) or {}
 cfg = TrainConfig(**fields)
 cfg.model = args.model
 if args.steps is not None:
@@ -35,4 +37,5 @@ if args.steps is not None:
 cfg.svd_cache = str(decompose_model(cfg.model, "mlp").root)
 seen_table(cfg, args.tasks.split(","), [int(s) for s in args.seeds.split(",")],
            args.methods.split(","), Path(args.out), workers=args.workers, n_test=args.n_test,
-           results_json=Path(args.results), method_overrides=overrides)
+           results_json=Path(args.results), method_overrides=overrides,
+           task_overrides=task_overrides)

@@ -112,16 +112,13 @@ def base_eval(
         None, help="Merge the rows into a results.json (table `base`, method `base`)."),
 ):
     """Greedy accuracy of a base model per task, with 95% confidence intervals."""
-    import shlex
-    import sys
 
-    from t2ray.eval.report import merge_results, print_accuracy_table, result_rows
+    from t2ray.eval.report import invocation, merge_results, print_accuracy_table, result_rows
     from t2ray.eval.run import evaluate_base
 
     rows = evaluate_base(model, _split_names(tasks), split, n, progress=not as_json)
     if results:
-        command = "t2ray " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        merge_results(results, result_rows(rows, "base", "base", command))
+        merge_results(results, result_rows(rows, "base", "base", invocation()))
     payload = [r.as_dict() for r in rows]
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -305,7 +302,7 @@ def eval_strategies(
     model: str = typer.Option("tiny"),
     tasks: str = typer.Option("math-hard,code-hard,reasoning-hard"),
     strategy: str = typer.Option("none,prompt,classifier,fewshot",
-                                 help="Comma list of none|expert|prompt|classifier|fewshot."),
+                                 help="Comma list of none|expert|lora|prompt|classifier|fewshot."),
     seeds: int = typer.Option(1, help="Seeds 0..N-1 (expert libraries and CEM seeds)."),
     n_test: Optional[int] = typer.Option(None, help="Test items per task (default: all)."),
     shots: int = typer.Option(10), generations: int = typer.Option(10),

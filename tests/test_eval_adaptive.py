@@ -5,8 +5,13 @@ import json
 import pytest
 import torch
 
+from t2ray.engines.hf import HFEngine
 from t2ray.eval.adaptive import STRATEGIES, library_for_seed, run_eval
+from t2ray.eval.harness import evaluate_task
+from t2ray.lora.peft_io import export_peft, import_peft
+from t2ray.lora.weights import init_lora
 from t2ray.svf.expert import ExpertLibrary, ExpertVector, SVFParam
+from t2ray.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +50,27 @@ def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path):
     assert all(sum(s["routed"].values()) == 6 for s in scores if s["strategy"] == "classifier")
     assert (tmp_path / "table.md").read_text().startswith("| task | method")
     assert json.loads((tmp_path / "r.json").read_text())[0]["table"] == "unseen"
+
+
+def test_lora_strategy_scores_the_family_adapter(tiny_model, tmp_path):
+    """On the trained tiny model (so accuracy is not 0 everywhere): the `lora` row is the score
+    of the task family's adapter, and differs from the base row."""
+    from t2ray.svf.ops import decompose_model
+
+    model, tok = tiny_model
+    g = torch.Generator().manual_seed(0)
+    lora = init_lora(model, 2, 4.0, generator=g)
+    for b in lora.b.values():
+        b.normal_(0, 0.5, generator=g)
+    export_peft(lora, tmp_path / "lib" / "lora" / "math")
+    rows = run_eval("tiny", tmp_path / "lib", ["math-hard"], ["none", "lora"], [0],
+                    tmp_path / "out", str(decompose_model("tiny", "mlp").root), n_test=8)
+    engine = HFEngine(model, tok)
+    engine.set_lora(import_peft(tmp_path / "lib" / "lora" / "math"))  # math-hard's family
+    expected = evaluate_task(engine, get_task("math-hard"), "test", 8)
+    by_method = {r["method"]: r["mean"] for r in rows}
+    assert by_method["lora-rl"] == round(100 * expected.accuracy, 2)
+    assert by_method["lora-rl"] != by_method["base"]
 
 
 def test_unknown_strategy_is_refused(tiny_random, library, tmp_path):

@@ -112,3 +112,26 @@ def test_lora_policy_starts_at_the_base_model(model_and_cache):
     assert all(p.grad is not None for p in policy.b.values())
     # per layer: q (32 x 32) and v (16 x 32) at rank 4 -> 4 * (32 + 32) + 4 * (32 + 16)
     assert sum(p.numel() for p in policy.parameters() if p.requires_grad) == 2 * 4 * (64 + 48)
+
+
+def test_residual_svf_forward_equals_substitution(tmp_path):
+    """The ZeRO-3 form (W x + U diag(sigma' - sigma) V^T x added to each layer's output) gives
+    the logits and z-gradients of substituting W' = U diag(sigma') V^T (float32: the cached
+    factors reproduce W to about 1e-6)."""
+    from conftest import TINY_RANDOM_SHAPES
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**TINY_RANDOM_SHAPES))
+    cache = decompose(model, "mlp", tmp_path, use_ray=False, progress=False)
+    ids = torch.randint(3, 100, (2, 9))
+    outputs = []
+    for residual in (False, True):
+        policy = SVFPolicy(model, cache, SVFParam("reference"), seed=0, residual=residual)
+        logits = policy(ids)
+        logits.square().mean().backward()
+        outputs.append((logits.detach(), {k: z.grad.clone() for k, z in policy.z.items()}))
+    (ref, ref_grad), (res, res_grad) = outputs
+    assert not torch.allclose(ref, model(ids).logits)  # the expert does change the logits
+    torch.testing.assert_close(res, ref, rtol=1e-4, atol=1e-5)
+    for k in ref_grad:
+        torch.testing.assert_close(res_grad[k], ref_grad[k], rtol=1e-3, atol=1e-6)

@@ -47,9 +47,9 @@ def test_bad_configs_are_refused(tmp_path, tiny_random):
         train_loop(small(tmp_path, path))
     with pytest.raises(ValueError, match="objective"):
         TrainConfig(objective="dpo", svd_cache="x").validate()
-    with pytest.raises(ValueError, match="stage 3 is not supported for RL"):
-        TrainConfig(deepspeed_stage=3, svd_cache="x").validate()
-    TrainConfig(deepspeed_stage=3, objective="sft", svd_cache="x").validate()
+    with pytest.raises(ValueError, match="ZeRO-3 is supported for SVF policies only"):
+        TrainConfig(deepspeed_stage=3, policy="lora").validate()
+    TrainConfig(deepspeed_stage=3, svd_cache="x").validate()
 
 
 def test_seen_table_runs_every_method_and_resumes(tmp_path, tiny_random, monkeypatch):
@@ -77,3 +77,40 @@ def test_seen_table_runs_every_method_and_resumes(tmp_path, tiny_random, monkeyp
     again = seen_table(cfg, ["reasoning"], [0, 1], list(METHODS), tmp_path / "seen", n_test=8)
     assert [(r["method"], r["mean"], r["seeds"] if "seeds" in r else None) for r in again] == [
         (r["method"], r["mean"], r["seeds"] if "seeds" in r else None) for r in rows]
+
+
+def test_tuning_reads_validation_only_and_overrides_reach_the_run(tmp_path, tiny_random,
+                                                                  monkeypatch):
+    import yaml
+
+    import t2ray.eval.harness as harness
+    from t2ray.eval.seen import seen_table, tune_on_validation
+
+    path, cache = tiny_random
+    cfg = TrainConfig(model=str(path), svd_cache=str(cache.root), steps=1, prompts_per_step=2,
+                      eval_every=1, eval_n=2, threads=1)
+    splits = []
+    real_evaluate = harness.evaluate_task
+
+    def recording(engine, task, split="test", n=None, system=None):
+        splits.append(split)
+        return real_evaluate(engine, task, split, n, system)
+
+    import t2ray.eval.seen
+    import t2ray.rl.trainer
+
+    for module in (t2ray.rl.trainer, t2ray.eval.seen):
+        monkeypatch.setattr(module, "evaluate_task", recording)
+    summary = tune_on_validation(cfg, "reasoning", "svf-rl", {"lr": [0.01, 0.1]},
+                                 tmp_path / "tune")
+    assert set(splits) == {"validation"}  # the test split is never read while tuning
+    best = max(summary["points"], key=lambda p: p["val_accuracy"])
+    assert summary["selected"] == {"lr": best["lr"]}
+    assert json.loads((tmp_path / "tune" / "reasoning" / "svf-rl" / "tuning.json").read_text())
+    # per-task overrides win over per-method ones in the sweep
+    seen_table(cfg, ["reasoning"], [0], ["svf-rl"], tmp_path / "seen", n_test=4,
+               method_overrides={"svf-rl": {"lr": 0.5, "temperature": 0.5}},
+               task_overrides={"reasoning": {"svf-rl": {"lr": 0.25}}})
+    run = yaml.safe_load((tmp_path / "seen" / "reasoning" / "svf-rl" / "seed0" /
+                          "train_config.yaml").read_text())
+    assert (run["lr"], run["temperature"]) == (0.25, 0.5)

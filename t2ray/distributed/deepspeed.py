@@ -46,8 +46,14 @@ def initialize(module: torch.nn.Module, optimizer: torch.optim.Optimizer, stage:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    config = deepspeed_config(stage, grad_clip, world_size)
+    if stage == 3:
+        # Keep the trainable vectors (z: one per matrix, at most its rank) whole on every rank;
+        # every larger tensor, the frozen base matrices above all, is partitioned.
+        zero = config["zero_optimization"]
+        zero["stage3_param_persistence_threshold"] = max(
+            zero.get("stage3_param_persistence_threshold", 0), max(p.numel() for p in trainable))
     engine, ds_optimizer, _, _ = deepspeed.initialize(
-        model=module, optimizer=optimizer,
-        model_parameters=[p for p in module.parameters() if p.requires_grad],
-        config=deepspeed_config(stage, grad_clip, world_size))
+        model=module, optimizer=optimizer, model_parameters=trainable, config=config)
     return engine, ds_optimizer

@@ -1,17 +1,16 @@
 """`t2ray eval`: accuracy per adaptation strategy and task, over seeds, with the alpha plot.
 
-Strategies: `none` (base weights), `expert` (the task family's own expert), `prompt` and
-`classifier` (two-pass with the base model or the classifier expert as router), `fewshot` (a
-CEM mixture per task found on validation shots). Experts come from a library directory holding
-`<category>/` expert folders (`math`, `code`, `reasoning`, and `route` for the classifier), or one
-such library per seed under `seed<k>/`.
+Strategies: `none` (base weights), `expert` (the task family's own expert), `lora` (the task
+family's LoRA baseline), `prompt` and `classifier` (two-pass with the base model or the
+classifier expert as router), `fewshot` (a CEM mixture per task found on validation shots).
+Experts come from a library directory holding `<category>/` expert folders (`math`, `code`,
+`reasoning`, and `route` for the classifier) and `lora/<category>/` PEFT adapters, or one such
+library per seed under `seed<k>/`.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,16 +23,17 @@ from t2ray.adapt.router import Router
 from t2ray.adapt.two_pass import TwoPass
 from t2ray.engines.hf import HFEngine, format_prompt
 from t2ray.eval.harness import max_new_tokens_for
-from t2ray.eval.report import merge_results
+from t2ray.eval.report import invocation, merge_results
 from t2ray.eval.stats import mean_sd
+from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import ExpertLibrary
 from t2ray.tasks import get_task
-from t2ray.tasks.rewards import CORRECT, rewards
+from t2ray.tasks.rewards import CORRECT, RewardCache
 
-STRATEGIES = ("none", "expert", "prompt", "classifier", "fewshot")
-METHOD_NAMES = {"none": "base", "expert": "svf-rl", "prompt": "prompt",
+STRATEGIES = ("none", "expert", "lora", "prompt", "classifier", "fewshot")
+METHOD_NAMES = {"none": "base", "expert": "svf-rl", "lora": "lora-rl", "prompt": "prompt",
                 "classifier": "classifier", "fewshot": "fewshot"}
 EXPERT_CATEGORIES = ("math", "code", "reasoning")
 CLASSIFIER = "route"
@@ -57,24 +57,29 @@ def library_for_seed(experts: Path, seed: int) -> ExpertLibrary:
     return ExpertLibrary(seeded if seeded.exists() else experts)
 
 
-def _score(task, examples, texts) -> float:
-    verdicts = rewards(task.kind, examples, texts)
+def _score(task, examples, texts, verify: RewardCache | None) -> float:
+    verdicts = (verify or RewardCache(task.kind))(examples, texts)
     return sum(v == CORRECT for v in verdicts) / len(examples)
 
 
 def evaluate_strategy(engine: HFEngine, lib: ExpertLibrary, task_name: str, strategy: str,
                       seed: int, n_test: int | None, fewshot: FewShotConfig | None = None,
                       model: str | None = None, storage: Path | None = None,
-                      scorers: list | None = None) -> StrategyScore:
+                      scorers: list | None = None,
+                      verify: RewardCache | None = None) -> StrategyScore:
+    """One strategy on one task's test split. `verify` caches verdicts across strategies and
+    seeds (many answers repeat, and each code answer costs a sandboxed run)."""
     task = get_task(task_name)
     examples = task.examples("test", n_test)
     questions = [e.prompt for e in examples]
     max_new = max_new_tokens_for(task, engine.tokenizer)
     fp = engine.svd_cache.fingerprint if engine.svd_cache else None
     score = StrategyScore(task_name, strategy, seed, 0.0, len(examples))
-    if strategy in ("none", "expert", "fewshot"):
+    if strategy in ("none", "expert", "lora", "fewshot"):
         expert = None
-        if strategy == "expert":
+        if strategy == "lora":
+            engine.set_lora(import_peft(lib.root / "lora" / task.family))
+        elif strategy == "expert":
             expert = lib.get(task.family, expect_fingerprint=fp)
         elif strategy == "fewshot":
             dirs = [lib.root / c for c in EXPERT_CATEGORIES]
@@ -88,13 +93,13 @@ def evaluate_strategy(engine: HFEngine, lib: ExpertLibrary, task_name: str, stra
             outs = engine.generate([format_prompt(engine.tokenizer, q) for q in questions],
                                    max_new_tokens=max_new)
         finally:
-            engine.set_expert(None)
-        score.accuracy = _score(task, examples, [o.text for o in outs])
+            engine.reset()
+        score.accuracy = _score(task, examples, [o.text for o in outs], verify)
         return score
     classifier = lib.get(CLASSIFIER, expect_fingerprint=fp) if strategy == "classifier" else None
     experts = {c: lib.get(c, expect_fingerprint=fp) for c in EXPERT_CATEGORIES}
     result = TwoPass(engine, experts, Router(engine, classifier=classifier)).run(questions, max_new)
-    score.accuracy = _score(task, examples, result.completions)
+    score.accuracy = _score(task, examples, result.completions, verify)
     score.first_pass_share = result.first_pass_share
     score.routed = result.group_sizes
     return score
@@ -107,12 +112,13 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
     bad = set(strategies) - set(STRATEGIES)
     if bad:
         raise ValueError(f"unknown strategies {sorted(bad)}; choose from {STRATEGIES}")
-    command = "t2ray " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = invocation()
     base, tok = load_model(model)
     engine = HFEngine(base, tok, svd_cache=SVDCache(svd_cache))
     out.mkdir(parents=True, exist_ok=True)
     scores: list[StrategyScore] = []
     fewshot = fewshot or FewShotConfig()
+    verify = {t: RewardCache(get_task(t).kind) for t in tasks}
     for seed in seeds:
         lib = library_for_seed(experts, seed)
         fs = replace(fewshot, seed=seed)
@@ -123,7 +129,7 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
             for strategy in strategies:
                 t0 = time.perf_counter()
                 s = evaluate_strategy(engine, lib, task_name, strategy, seed, n_test, fs,
-                                      model, out / "tune", scorers)
+                                      model, out / "tune", scorers, verify[task_name])
                 scores.append(s)
                 console.print(f"seed {seed} {task_name:>15} {strategy:>10}: "
                               f"{100 * s.accuracy:.1f}% ({time.perf_counter() - t0:.0f} s)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -10,6 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from t2ray.eval.harness import EvalRow
+
+
+def invocation() -> str:
+    """The command line that is running, as a person would retype it (`t2ray eval ...` or
+    `python jobs/x.py ...`), for the `command` field of result rows."""
+    program = sys.argv[0]
+    head = f"python {program}" if program.endswith(".py") else Path(program).name
+    return " ".join([head, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
 def print_accuracy_table(rows: Iterable[EvalRow], title: str) -> None:

@@ -8,8 +8,6 @@ McNemar test against the base model on the same test items (seed 0).
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from rich.table import Table
 
 from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import EvalRow, evaluate_task
-from t2ray.eval.report import merge_results
+from t2ray.eval.report import invocation, merge_results
 from t2ray.eval.stats import mcnemar_exact, mean_sd
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
@@ -47,14 +45,16 @@ def _adapted_engine(model_name: str, run_dir: Path, policy: str, svd_cache: str 
 
 def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str], out: Path,
                workers: int = 0, n_test: int | None = None, results_json: Path | None = None,
-               method_overrides: dict[str, dict] | None = None) -> list[dict]:
+               method_overrides: dict[str, dict] | None = None,
+               task_overrides: dict[str, dict[str, dict]] | None = None) -> list[dict]:
     """Train every (method, task, seed), evaluate on test, write rows; returns the rows.
 
     `method_overrides` maps a method to TrainConfig fields of its own (a LoRA wants another
-    learning rate than z)."""
+    learning rate than z); `task_overrides[task][method]` refines them for one task. Both are
+    chosen on validation (`tune_on_validation`)."""
     from t2ray.rl.launch import train
 
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = invocation()
     model, tok = load_model(base_cfg.model)
     base_engine = HFEngine(model, tok)
     rows = []
@@ -71,7 +71,8 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
                 run_dir = out / task_name / method / f"seed{seed}"
                 cfg = replace(base_cfg, out=str(run_dir), task=task_name, policy=policy,
                               objective=objective, seed=seed,
-                              **(method_overrides or {}).get(method, {}))
+                              **{**(method_overrides or {}).get(method, {}),
+                                 **(task_overrides or {}).get(task_name, {}).get(method, {})})
                 eval_file = run_dir / "test_eval.json"
                 if not eval_file.exists():
                     train(cfg, workers=workers)
@@ -136,3 +137,41 @@ def _print(rows: list[dict]) -> None:
         table.add_row(r["task"], r["method"], f"{r['mean']:.1f} +- {r['sd']:.1f}",
                       str(r["n_seeds"]), f"{r['params']:,}", "" if p is None else f"{p:.3g}")
     console.print(table)
+
+
+def tune_on_validation(base_cfg, task_name: str, method: str, grid: dict[str, list],
+                       out: Path, seed: int = 0, workers: int = 0) -> dict:
+    """Train `method` on `task_name` for every point of `grid` and pick the point with the best
+    final validation accuracy. The test split is never read; runs resume like the sweep."""
+    from itertools import product
+
+    from t2ray.rl.launch import train
+
+    policy, objective = METHODS[method]
+    keys = list(grid)
+    points = []
+    for values in product(*(grid[k] for k in keys)):
+        fields = dict(zip(keys, values))
+        label = "_".join(f"{k}{v}" for k, v in fields.items())
+        run_dir = out / task_name / method / label
+        metrics = run_dir / "metrics.jsonl"
+        if not (run_dir / "done").exists():
+            train(replace(base_cfg, out=str(run_dir), task=task_name, policy=policy,
+                          objective=objective, seed=seed, **fields), workers=workers)
+            (run_dir / "done").touch()
+        history = [json.loads(line) for line in metrics.read_text().splitlines()]
+        val = [h["val_accuracy"] for h in history if "val_accuracy" in h]
+        points.append({"task": task_name, "method": method, **fields,
+                       "val_accuracy": val[-1], "val_curve": val})
+    best = max(points, key=lambda p: p["val_accuracy"])
+    summary = {"task": task_name, "method": method, "seed": seed, "points": points,
+               "selected": {k: best[k] for k in keys}}
+    (out / task_name / method / "tuning.json").write_text(json.dumps(summary, indent=1))
+    table = Table(*keys, "val accuracy (final)", "val curve",
+                  title=f"{method} on {task_name}: validation only, seed {seed}")
+    for p in points:
+        table.add_row(*(str(p[k]) for k in keys), f"{100 * p['val_accuracy']:.1f}",
+                      " ".join(f"{100 * v:.0f}" for v in p["val_curve"]))
+    console.print(table)
+    console.print(f"selected: {summary['selected']}")
+    return summary

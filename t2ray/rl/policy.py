@@ -2,7 +2,10 @@
 
 Only z (or A, B) are parameters; the base weights keep requires_grad=False. W' is built inside
 autograd (one graph) and substituted with `torch.func.functional_call`, so the base weights are
-never overwritten and `base_logits` is the same model without substitution.
+never overwritten and `base_logits` is the same model without substitution. Under ZeRO-3 the
+base weights are DeepSpeed's partitioned parameters and must not be swapped out, so the SVF policy
+instead adds U diag(sigma' - sigma) V^T x to each target layer's own output (`residual=True`):
+the same W'x, at the price of two extra thin matmuls per layer.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ def _param_key(name: str) -> str:
 
 class SVFPolicy(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, cache: SVDCache, param: SVFParam,
-                 seed: int = 0, init: ExpertVector | None = None):
+                 seed: int = 0, init: ExpertVector | None = None, residual: bool = False):
         super().__init__()
         cache.check_model(model)
         _freeze(model)
-        self.model, self.cache, self.param = model, cache, param
+        self.model, self.cache, self.param, self.residual = model, cache, param, residual
         self.names = sorted(cache.matrices)
         g = torch.Generator().manual_seed(seed)
         self.z = torch.nn.ParameterDict({
@@ -57,9 +60,29 @@ class SVFPolicy(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Logits with the adapted weights (differentiable in z)."""
-        return functional_call(self.model, self.adapted_weights(), args=(),
-                               kwargs={"input_ids": input_ids, "attention_mask": attention_mask},
-                               strict=False).logits
+        if not self.residual:
+            return functional_call(self.model, self.adapted_weights(), args=(),
+                                   kwargs={"input_ids": input_ids,
+                                           "attention_mask": attention_mask},
+                                   strict=False).logits
+        handles = [self.model.get_submodule(n).register_forward_hook(self._add_residual(n))
+                   for n in self.names]
+        try:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _add_residual(self, name: str):
+        k = _param_key(name)
+        u, s, vh = (getattr(self, f"{p}_{k}") for p in ("u", "s", "vh"))
+
+        def hook(module, args, output):
+            x = args[0]
+            delta = self.param.scales(self.z[k], s.float()) - s.float()
+            return output + ((x @ vh.T.to(x.dtype)) * delta.to(x.dtype)) @ u.T.to(x.dtype)
+
+        return hook
 
     @torch.no_grad()
     def base_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):

@@ -13,6 +13,7 @@ import math
 import random
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 import yaml
 
 from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.engines.lockstep import LockstepEngine
 from t2ray.eval.harness import evaluate_task, max_new_tokens_for
 from t2ray.models import load_model
 from t2ray.rl.policy import LoraPolicy, SVFPolicy
@@ -72,13 +74,9 @@ class TrainConfig:
             raise ValueError("an SVF policy needs svd_cache (run `t2ray svf decompose`)")
         if self.optimizer not in ("adamw-cosine", "adam-constant"):
             raise ValueError(f"unknown optimizer preset {self.optimizer!r}")
-        if self.deepspeed_stage == 3 and self.objective == "rl":
-            # ZeRO-3 gathers partitioned weights in every forward, a collective; ranks that
-            # sample completions of different lengths run different numbers of forwards and
-            # deadlock (seen here: a 2-worker run hung). Rollouts need lock-step generation
-            # (transformers' synced_gpus) or a separate rollout engine first.
-            raise ValueError("deepspeed_stage 3 is not supported for RL rollouts yet (ranks "
-                             "deadlock in generation); use stage 0-2, or objective 'sft'")
+        if self.deepspeed_stage == 3 and self.policy == "lora":
+            raise ValueError("ZeRO-3 is supported for SVF policies only: the LoRA baseline "
+                             "wraps base layers whose weights ZeRO-3 partitions; use stage 0-2")
         get_task(self.task)
 
 
@@ -92,8 +90,9 @@ def _distributed() -> tuple[int, int]:
 
 def _build_policy(cfg: TrainConfig, model) -> torch.nn.Module:
     if cfg.policy == "svf":
-        return SVFPolicy(model, SVDCache(cfg.svd_cache), SVFParam(cfg.parameterisation,
-                                                                  cfg.max_mult), seed=cfg.seed)
+        return SVFPolicy(model, SVDCache(cfg.svd_cache),
+                         SVFParam(cfg.parameterisation, cfg.max_mult), seed=cfg.seed,
+                         residual=cfg.deepspeed_stage == 3)
     return LoraPolicy(model, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
 
 
@@ -106,12 +105,22 @@ def _optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, object]
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
 
 
-def _sync_engine(engine: HFEngine, policy) -> None:
-    """Only z (or the LoRA weights) travels to the engine; it rebuilds W' itself."""
+@contextmanager
+def _following(engine, policy):
+    """The engine generates with the policy's current weights inside the block. Only z (or the
+    LoRA weights) travels to an HF engine, which rebuilds W' itself; a lock-step engine runs the
+    policy's own forward and needs nothing."""
+    if isinstance(engine, LockstepEngine):
+        yield engine
+        return
     if isinstance(policy, SVFPolicy):
         engine.set_expert(policy.expert())
     else:
         engine.set_lora(policy.lora())
+    try:
+        yield engine
+    finally:
+        engine.reset()  # the training forward substitutes W' itself
 
 
 def sync_bytes(policy) -> int:
@@ -120,8 +129,15 @@ def sync_bytes(policy) -> int:
 
 
 def full_copy_bytes(model: torch.nn.Module) -> int:
-    """Bytes of a full weight copy (what the reference sends to its generator every step)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of a full weight copy (what the reference sends to its generator every step).
+    ZeRO-3 leaves each rank a shard; `ds_numel` is the whole tensor's size."""
+    return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
+
+
+def local_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of base weights this rank holds between forwards (its shard under ZeRO-3)."""
+    return sum((p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()) * p.element_size()
+               for p in model.parameters())
 
 
 def _batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
@@ -156,7 +172,11 @@ def train_loop(config: dict) -> dict:
         from t2ray.distributed.deepspeed import initialize
 
         ds_engine, opt = initialize(policy, opt, cfg.deepspeed_stage, cfg.grad_clip, world)
-    engine = HFEngine(model, tok, svd_cache=getattr(policy, "cache", None))
+    if cfg.deepspeed_stage == 3:
+        # The weights are partitioned: generate through the policy's forward, ranks in step.
+        engine = LockstepEngine(ds_engine, tok)
+    else:
+        engine = HFEngine(model, tok, svd_cache=getattr(policy, "cache", None))
     task = get_task(cfg.task)
     train_examples = task.examples("train")
     max_new = max_new_tokens_for(task, tok)
@@ -178,12 +198,11 @@ def train_loop(config: dict) -> dict:
         prompts = [format_prompt(tok, e.prompt) for e in examples]
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if cfg.objective == "rl":
-            _sync_engine(engine, policy)
             rows = [i for i in range(len(examples)) for _ in range(cfg.samples_per_prompt)]
-            completions = engine.generate([prompts[i] for i in rows], max_new,
-                                          temperature=cfg.temperature,
-                                          seed=cfg.seed * 100_003 + step * 101 + rank)
-            engine.reset()  # the training forward substitutes W' itself
+            with _following(engine, policy):
+                completions = engine.generate([prompts[i] for i in rows], max_new,
+                                              temperature=cfg.temperature,
+                                              seed=cfg.seed * 100_003 + step * 101 + rank)
             rewards = torch.tensor(verify([examples[i] for i in rows],
                                           [c.text for c in completions]))
             ids, attn, comp = _batch([prompt_ids[i] for i in rows],
@@ -201,11 +220,12 @@ def train_loop(config: dict) -> dict:
         grad_norm = _step(loss, params, opt, sched, cfg.grad_clip, world, ds_engine)
         stats.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0],
                      tokens_per_s=int(attn.sum()) / (time.perf_counter() - t0),
-                     sync_bytes=sync_bytes(policy), full_copy_bytes=full_copy_bytes(model))
+                     sync_bytes=sync_bytes(policy), full_copy_bytes=full_copy_bytes(model),
+                     local_weight_bytes=local_weight_bytes(model))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            _sync_engine(engine, policy)
-            stats["val_accuracy"] = evaluate_task(engine, task, "validation", cfg.eval_n).accuracy
-            engine.reset()
+            with _following(engine, policy):
+                stats["val_accuracy"] = evaluate_task(engine, task, "validation",
+                                                      cfg.eval_n).accuracy
         history.append(stats)
         _report(stats, policy, opt, sched, step + 1, cfg, rank, ds_engine)
 
