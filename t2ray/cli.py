@@ -295,6 +295,37 @@ def t2l_generate(
                   f"{lora.num_params:,} params, generated in {1000 * seconds:.0f} ms")
 
 
+@t2l_app.command("train")
+def t2l_train(
+    out: Path = typer.Option(..., help="Run directory (checkpoint/, metrics.jsonl, curve)."),
+    variant: str = typer.Option("M", help="L, M or S."),
+    objective: str = typer.Option("sft", help="sft (through the base model) or recon."),
+    library: Optional[Path] = typer.Option(None, help="recon: directory of per-task LoRAs."),
+    model: str = typer.Option("tiny"),
+    config: Optional[Path] = typer.Option(None, help="YAML with T2LTrainConfig fields."),
+    steps: Optional[int] = typer.Option(None),
+    workers: int = typer.Option(0, help="Ray Train workers (0: in this process)."),
+    deepspeed_stage: Optional[int] = typer.Option(None, help="ZeRO stage (default: none)."),
+    seed: int = typer.Option(0),
+    max_failures: int = typer.Option(1, help="Worker failures to recover from."),
+):
+    """Train the T2L hypernetwork on the seen instruction families."""
+    from t2ray.t2l.train import T2LTrainConfig, train_t2l
+
+    cfg = T2LTrainConfig.from_yaml(config) if config else T2LTrainConfig()
+    cfg.out, cfg.variant, cfg.objective, cfg.model, cfg.seed = (str(out), variant, objective,
+                                                               model, seed)
+    cfg.library = str(library) if library else cfg.library
+    cfg.deepspeed_stage = deepspeed_stage
+    if steps is not None:
+        cfg.steps = steps
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    train_t2l(cfg, workers=workers, max_failures=max_failures)
+
+
 @app.command("eval")
 def eval_strategies(
     experts: Path = typer.Option(..., help="Expert library: <category>/ folders (math, code, "

@@ -88,6 +88,32 @@ def test_zero3_rl_rollouts_stay_in_lock_step(local_ray, tiny_random, tmp_path): 
     assert expert.num_params == result["sync_bytes"] // 4
 
 
+@pytest.mark.timeout(1200)
+def test_t2l_on_two_workers_resumes_after_a_killed_worker(local_ray, tmp_path):  # noqa: F811
+    from t2ray.t2l.generate import T2LCheckpoint
+    from t2ray.t2l.train import T2LTrainConfig, train_t2l
+
+    cfg = T2LTrainConfig(out=str(tmp_path / "t2l"), tasks=["first-1-letters", "count-words"],
+                         tasks_per_batch=2, examples_per_task=1, steps=40, checkpoint_every=2,
+                         eval_every=40, eval_tasks=1, eval_n=2, latent=32, head_in=64)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(train_t2l(cfg, workers=2)))
+    thread.start()
+    storage = tmp_path / "t2l" / "ray_train"
+    deadline = time.time() + 600
+    while len(list(storage.glob("*/checkpoint_*"))) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(list(storage.glob("*/checkpoint_*"))) >= 2, "no checkpoints were written"
+    victims = train_worker_pids()
+    assert len(victims) == 2
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    steps = [h["step"] for h in result["history"]]
+    assert steps[-1] == 40 and steps[0] >= 3  # resumed from a checkpoint, not restarted
+    assert T2LCheckpoint.load(tmp_path / "t2l" / "checkpoint").net.cfg.variant == "M"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,10 +8,8 @@ share of the rollouts and gradients are averaged across workers).
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,12 +18,13 @@ from pathlib import Path
 import torch
 import yaml
 
+from t2ray.distributed.loop import distributed, optimizer_step, report, resume, save_history
 from t2ray.engines.hf import HFEngine, format_prompt
 from t2ray.engines.lockstep import LockstepEngine
 from t2ray.eval.harness import evaluate_task, max_new_tokens_for
 from t2ray.models import load_model
 from t2ray.rl.policy import LoraPolicy, SVFPolicy
-from t2ray.rl.reinforce import ReinforceConfig, reinforce_loss, sft_loss
+from t2ray.rl.reinforce import ReinforceConfig, completion_batch, reinforce_loss, sft_loss
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import SVFParam
 from t2ray.tasks import get_task
@@ -80,14 +79,6 @@ class TrainConfig:
         get_task(self.task)
 
 
-def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _build_policy(cfg: TrainConfig, model) -> torch.nn.Module:
     if cfg.policy == "svf":
         return SVFPolicy(model, SVDCache(cfg.svd_cache),
@@ -140,26 +131,12 @@ def local_weight_bytes(model: torch.nn.Module) -> int:
                for p in model.parameters())
 
 
-def _batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
-    """Right-padded prompt + completion ids, attention mask and completion mask."""
-    rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    comp = torch.zeros_like(ids)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-        attn[i, : len(p) + len(c)] = 1
-        comp[i, len(p) : len(p) + len(c)] = 1
-    return ids, attn, comp
-
-
 def train_loop(config: dict) -> dict:
     """One worker's training loop (in-process or under Ray Train)."""
     cfg = TrainConfig(**config)
     cfg.validate()
     torch.set_num_threads(cfg.threads)
-    rank, world = _distributed()
+    rank, world = distributed()
     torch.manual_seed(cfg.seed + rank)
 
     # --- set up
@@ -181,7 +158,7 @@ def train_loop(config: dict) -> dict:
     train_examples = task.examples("train")
     max_new = max_new_tokens_for(task, tok)
     verify = RewardCache(task.kind)
-    start_step = _resume(policy, opt, sched, ds_engine)
+    start_step = resume(policy, opt, sched, ds_engine)
     local_prompts = max(1, cfg.prompts_per_step // world)
     rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, cfg.samples_per_prompt,
                              cfg.logprob_reduction)
@@ -205,7 +182,7 @@ def train_loop(config: dict) -> dict:
                                               seed=cfg.seed * 100_003 + step * 101 + rank)
             rewards = torch.tensor(verify([examples[i] for i in rows],
                                           [c.text for c in completions]))
-            ids, attn, comp = _batch([prompt_ids[i] for i in rows],
+            ids, attn, comp = completion_batch([prompt_ids[i] for i in rows],
                                      [c.token_ids + [tok.eos_token_id] for c in completions],
                                      tok.pad_token_id)
             logits = (ds_engine or policy)(ids, attn)
@@ -214,10 +191,10 @@ def train_loop(config: dict) -> dict:
         else:
             answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
                        for e in examples]
-            ids, attn, comp = _batch(prompt_ids, answers, tok.pad_token_id)
+            ids, attn, comp = completion_batch(prompt_ids, answers, tok.pad_token_id)
             loss = sft_loss((ds_engine or policy)(ids, attn), ids, comp)
             stats = {"loss": loss.item(), "completion_tokens": int(comp.sum())}
-        grad_norm = _step(loss, params, opt, sched, cfg.grad_clip, world, ds_engine)
+        grad_norm = optimizer_step(loss, params, opt, sched, cfg.grad_clip, world, ds_engine)
         stats.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0],
                      tokens_per_s=int(attn.sum()) / (time.perf_counter() - t0),
                      sync_bytes=sync_bytes(policy), full_copy_bytes=full_copy_bytes(model),
@@ -227,7 +204,8 @@ def train_loop(config: dict) -> dict:
                 stats["val_accuracy"] = evaluate_task(engine, task, "validation",
                                                       cfg.eval_n).accuracy
         history.append(stats)
-        _report(stats, policy, opt, sched, step + 1, cfg, rank, ds_engine)
+        report(stats, policy, opt, sched, step + 1, cfg.checkpoint_every, cfg.steps, rank,
+               ds_engine)
 
     if rank == 0:
         _save(policy, cfg, history)
@@ -235,100 +213,11 @@ def train_loop(config: dict) -> dict:
             "full_copy_bytes": full_copy_bytes(model)}
 
 
-def _step(loss, params, opt, sched, grad_clip, world, ds_engine) -> float:
-    if ds_engine is not None:
-        ds_engine.backward(loss)
-        ds_engine.step()
-        sched.step()
-        return float(ds_engine.get_global_grad_norm() or 0.0)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if world > 1:
-        import torch.distributed as dist
-
-        for p in params:
-            dist.all_reduce(p.grad)
-            p.grad /= world
-    norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-    opt.step()
-    sched.step()
-    return norm
-
-
-def _in_ray_train() -> bool:
-    try:
-        import ray.train
-
-        ray.train.get_context()
-    except (ImportError, RuntimeError):  # RuntimeError: not inside a Ray Train worker
-        return False
-    return True
-
-
-DS_TAG = "t2ray"  # DeepSpeed checkpoint tag inside each Ray Train checkpoint
-
-
-def _resume(policy, opt, sched, ds_engine=None) -> int:
-    """Continue from the latest Ray Train checkpoint, if there is one."""
-    if not _in_ray_train():
-        return 0
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0
-    with checkpoint.as_directory() as d:
-        if ds_engine is not None:  # every rank restores its own optimizer partition
-            _, client = ds_engine.load_checkpoint(d, tag=DS_TAG, load_module_strict=False)
-            sched.load_state_dict(client["scheduler"])
-            return int(client["step"])
-        state = torch.load(Path(d) / "state.pt", weights_only=True)
-    policy.load_state_dict(state["policy"], strict=False)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    return int(state["step"])
-
-
-def _report(stats, policy, opt, sched, step: int, cfg: TrainConfig, rank: int,
-            ds_engine=None) -> None:
-    """Metrics every step (the Ray dashboard shows them); a checkpoint every few steps.
-
-    Without DeepSpeed rank 0 saves the trainable weights and optimizer state; with DeepSpeed
-    every rank saves its optimizer partition and Ray Train gathers them into one checkpoint.
-    """
-    printable = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
-    if rank == 0:
-        print(json.dumps(printable), flush=True)
-    if not _in_ray_train():
-        return
-    import ray.train
-    from ray.train import Checkpoint
-
-    if step % cfg.checkpoint_every and step != cfg.steps:
-        ray.train.report(printable)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        if ds_engine is not None:
-            ds_engine.save_checkpoint(d, tag=DS_TAG, exclude_frozen_parameters=True,
-                                      client_state={"step": step,
-                                                    "scheduler": sched.state_dict()})
-            ray.train.report(printable, checkpoint=Checkpoint.from_directory(d))
-            return
-        if rank == 0:
-            trainable = {k: v for k, v in policy.state_dict().items()
-                         if k.startswith(("z.", "a.", "b."))}
-            torch.save({"policy": trainable, "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "step": step}, Path(d) / "state.pt")
-        ray.train.report(printable, checkpoint=Checkpoint.from_directory(d) if rank == 0
-                         else None)
-
-
 def _save(policy, cfg: TrainConfig, history: list[dict]) -> None:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "metrics.jsonl").open("w") as f:
-        for row in history:
-            f.write(json.dumps(row) + "\n")
+    save_history(history, out, "reward_curve.png",
+                 "reward_mean" if cfg.objective == "rl" else "loss",
+                 f"{cfg.policy}-{cfg.objective} on {cfg.task}")
     final = {k: v for k, v in history[-1].items() if k in ("val_accuracy", "reward_mean", "step")}
     if isinstance(policy, SVFPolicy):
         policy.expert(task=cfg.task, metrics=final).save(out / "expert")
@@ -336,26 +225,3 @@ def _save(policy, cfg: TrainConfig, history: list[dict]) -> None:
         from t2ray.lora.peft_io import export_peft
 
         export_peft(policy.lora(), out / "lora", base_model=cfg.model)
-    _plot_rewards(history, out / "reward_curve.png", cfg)
-
-
-def _plot_rewards(history: list[dict], png: Path, cfg: TrainConfig) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    key = "reward_mean" if cfg.objective == "rl" else "loss"
-    ax.plot([h["step"] for h in history], [h[key] for h in history], label=f"train {key}")
-    val = [(h["step"], h["val_accuracy"]) for h in history if "val_accuracy" in h]
-    if val:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*val), "o-", color="tab:orange", label="validation accuracy")
-        ax2.set_ylabel("validation accuracy")
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.set_title(f"{cfg.policy}-{cfg.objective} on {cfg.task}")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)

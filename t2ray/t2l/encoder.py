@@ -40,7 +40,7 @@ class DescriptionEncoder:
         self.dim = self.model.get_embedding_dimension()
         self._cache: dict[str, torch.Tensor] = {}
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the embeddings feed a hypernetwork under training
     def encode(self, descriptions: list[str]) -> torch.Tensor:
         """(len(descriptions), dim): L2-normalised embeddings scaled by sqrt(dim)."""
         texts = [check_description(d) for d in descriptions]

@@ -1,0 +1,140 @@
+"""What every training loop here shares, in-process or inside a Ray Train worker: the rank, one
+optimiser step (plain all-reduce or DeepSpeed), and checkpoints of the trainable tensors through
+`ray.train.report` with resume from the latest one.
+
+Only parameters with requires_grad are checkpointed (z, a LoRA, a hypernetwork); frozen base
+weights are rebuilt from the model files."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+DS_TAG = "t2ray"  # DeepSpeed checkpoint tag inside each Ray Train checkpoint
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def in_ray_train() -> bool:
+    try:
+        import ray.train
+
+        ray.train.get_context()
+    except (ImportError, RuntimeError):  # RuntimeError: not inside a Ray Train worker
+        return False
+    return True
+
+
+def optimizer_step(loss, params, opt, sched, grad_clip, world, ds_engine) -> float:
+    """Backward, gradient all-reduce (mean over ranks), clipping, step; the gradient norm."""
+    if ds_engine is not None:
+        ds_engine.backward(loss)
+        ds_engine.step()
+        sched.step()
+        return float(ds_engine.get_global_grad_norm() or 0.0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if world > 1:
+        import torch.distributed as dist
+
+        for p in params:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+    norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    opt.step()
+    sched.step()
+    return norm
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {k: v for k, v in module.state_dict().items() if k in names}
+
+
+def resume(module, opt, sched, ds_engine=None) -> int:
+    """Continue from the latest Ray Train checkpoint, if there is one; the step to start at."""
+    if not in_ray_train():
+        return 0
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        if ds_engine is not None:  # every rank restores its own optimizer partition
+            _, client = ds_engine.load_checkpoint(d, tag=DS_TAG, load_module_strict=False)
+            sched.load_state_dict(client["scheduler"])
+            return int(client["step"])
+        state = torch.load(Path(d) / "state.pt", weights_only=True)
+    module.load_state_dict(state["trainable"], strict=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def report(stats: dict, module, opt, sched, step: int, checkpoint_every: int, total_steps: int,
+           rank: int, ds_engine=None) -> None:
+    """Metrics every step (the Ray dashboard shows them); a checkpoint every few steps.
+
+    Without DeepSpeed rank 0 saves the trainable weights and optimizer state; with DeepSpeed
+    every rank saves its optimizer partition and Ray Train gathers them into one checkpoint.
+    """
+    printable = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
+    if rank == 0:
+        print(json.dumps(printable), flush=True)
+    if not in_ray_train():
+        return
+    import ray.train
+    from ray.train import Checkpoint
+
+    if step % checkpoint_every and step != total_steps:
+        ray.train.report(printable)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        if ds_engine is not None:
+            ds_engine.save_checkpoint(d, tag=DS_TAG, exclude_frozen_parameters=True,
+                                      client_state={"step": step,
+                                                    "scheduler": sched.state_dict()})
+            ray.train.report(printable, checkpoint=Checkpoint.from_directory(d))
+            return
+        if rank == 0:
+            torch.save({"trainable": trainable_state(module), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "step": step}, Path(d) / "state.pt")
+        ray.train.report(printable, checkpoint=Checkpoint.from_directory(d) if rank == 0
+                         else None)
+
+
+def save_history(history: list[dict], out: Path, png_name: str, key: str, title: str) -> None:
+    """metrics.jsonl (one row per step) and a curve of `key` with validation accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "metrics.jsonl").open("w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["step"] for h in history], [h[key] for h in history], label=f"train {key}")
+    val = [(h["step"], h["val_accuracy"]) for h in history if "val_accuracy" in h]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o-", color="tab:orange", label="validation accuracy")
+        ax2.set_ylabel("validation accuracy")
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out / png_name, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,287 @@
+"""Training the T2L hypernetwork, in-process or on Ray Train (DeepSpeed optional).
+
+- `recon`: the generated A and B match a library of per-task LoRAs (PEFT directories, one per
+  training task), L1 on element-wise z-scored A and B as in the reference.
+- `sft`: end to end through the frozen base model. Each batch mixes `tasks_per_batch` training
+  tasks; every task gets one random description of its own, the hypernetwork turns the batch of
+  descriptions into LoRAs in one forward, and each row of the language-model batch runs with its
+  task's LoRA (`batched_lora`). Completion-only loss, plus the reference's L2 penalty on A and B.
+
+Training tasks are the seen instruction families; the held-out families and their descriptions
+never appear here. Validation reads seen tasks' validation splits.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from t2ray.distributed.loop import distributed, optimizer_step, report, resume, save_history
+from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.eval.harness import evaluate_task
+from t2ray.lora.peft_io import import_peft
+from t2ray.lora.weights import LoraWeights, batched_lora
+from t2ray.models import load_model
+from t2ray.rl.reinforce import completion_batch, sft_loss
+from t2ray.t2l.encoder import DEFAULT_ENCODER, DescriptionEncoder
+from t2ray.t2l.generate import T2LCheckpoint, to_loras
+from t2ray.t2l.hypernet import HyperConfig, HyperLoRA, lora_targets
+from t2ray.tasks import get_task
+from t2ray.tasks.instruct import instruct_tasks
+
+OBJECTIVES = ("recon", "sft")
+
+
+def seen_instruct_tasks() -> list[str]:
+    return [t.name for t in instruct_tasks() if t.seen]
+
+
+@dataclass
+class T2LTrainConfig:
+    out: str = "runs/t2l"
+    model: str = "tiny"
+    variant: str = "M"
+    objective: str = "sft"
+    library: str | None = None  # recon targets: <library>/<task>/ PEFT adapters
+    tasks: list[str] = field(default_factory=list)  # empty: every seen instruction family
+    encoder: str = DEFAULT_ENCODER
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    rank: int = 8
+    lora_alpha: float = 16.0
+    use_rslora: bool = False
+    latent: int = 128
+    head_in: int = 512
+    steps: int = 300
+    tasks_per_batch: int = 8  # the reference: 8 tasks x 1 example
+    examples_per_task: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    l2_reg: float = 1e-3  # SFT: penalty on the generated A and B (the reference)
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_tasks: int = 8  # seen tasks read on validation (their own descriptions)
+    eval_n: int = 20
+    checkpoint_every: int = 50
+    seed: int = 0
+    threads: int = 2
+    deepspeed_stage: int | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "T2LTrainConfig":
+        return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
+
+    def task_names(self) -> list[str]:
+        return list(self.tasks) or seen_instruct_tasks()
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.objective == "recon" and not self.library:
+            raise ValueError("reconstruction needs library= (a directory of per-task LoRAs)")
+        unseen = [t for t in self.task_names() if not get_task(t).seen]
+        if unseen:
+            raise ValueError(f"held-out tasks may not be trained on: {unseen}")
+        if self.tasks_per_batch > len(self.task_names()):
+            raise ValueError(f"tasks_per_batch {self.tasks_per_batch} > "
+                             f"{len(self.task_names())} training tasks")
+
+
+def build_hypernet(cfg: T2LTrainConfig, base_config: dict, encoder_dim: int) -> HyperLoRA:
+    n_layers, modules = lora_targets(base_config, cfg.targets)
+    net = HyperLoRA(HyperConfig(cfg.variant, n_layers, modules, rank=cfg.rank,
+                                encoder_dim=encoder_dim, latent=cfg.latent,
+                                head_in=cfg.head_in))
+    if cfg.objective == "sft":
+        init_heads_as_peft(net, torch.Generator().manual_seed(cfg.seed))
+    return net
+
+
+@torch.no_grad()
+def init_heads_as_peft(net: HyperLoRA, generator: torch.Generator) -> None:
+    """SFT starts from PEFT's own LoRA init, as the reference does: head weights zero, biases
+    giving a Kaiming-uniform A and a zero B (L). M and S share one head between A and B, so the
+    reference scales A's init down (by sqrt 2, and sqrt r for S's single rank row)."""
+    r = net.cfg.rank
+    for name, head in net.heads.items():
+        fan_in, fan_out = net.cfg.modules[name]
+        bound = 1 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)) on an (r, in) matrix
+        head.weight.zero_()
+        if net.cfg.variant == "L":
+            a = torch.empty(r * fan_in).uniform_(-bound, bound, generator=generator)
+            head.bias.copy_(torch.cat([a, torch.zeros(r * fan_out)]))
+        else:
+            width = head.bias.numel()
+            a = torch.empty(width).uniform_(-bound, bound, generator=generator) / math.sqrt(2)
+            head.bias.copy_(a if net.cfg.variant == "M" else a / math.sqrt(r))
+
+
+def load_library(root: str | Path, tasks: list[str], rank: int) -> dict[str, LoraWeights]:
+    loras = {}
+    for task in tasks:
+        path = Path(root) / task
+        if not path.exists():
+            raise FileNotFoundError(f"no LoRA for task {task!r} in the library ({path})")
+        lora = import_peft(path)
+        if lora.rank != rank:
+            raise ValueError(f"{path}: rank {lora.rank}, the hypernetwork emits rank {rank}")
+        loras[task] = lora
+    return loras
+
+
+class ReconTargets:
+    """A library's A and B stacked per module type, with per-element mean and std."""
+
+    def __init__(self, library: dict[str, LoraWeights], n_layers: int, modules: list[str]):
+        from t2ray.t2l.generate import module_path
+
+        self.tasks = list(library)
+        self.a, self.b, self.stats = {}, {}, {}
+        for m in modules:
+            a = torch.stack([torch.stack([library[t].a[module_path(i, m)] for i in range(n_layers)])
+                             for t in self.tasks]).float()
+            b = torch.stack([torch.stack([library[t].b[module_path(i, m)] for i in range(n_layers)])
+                             for t in self.tasks]).float()
+            self.a[m], self.b[m] = a, b
+            self.stats[m] = tuple((x.mean(0), x.std(0).clamp_min(1e-6)) if len(self.tasks) > 1
+                                  else (torch.zeros_like(x[0]), torch.ones_like(x[0]))
+                                  for x in (a, b))
+
+    def loss(self, outputs: dict, tasks: list[str]) -> torch.Tensor:
+        rows = torch.tensor([self.tasks.index(t) for t in tasks])
+        total = 0.0
+        for m, (a, b) in outputs.items():
+            (mean_a, std_a), (mean_b, std_b) = self.stats[m]
+            total = total + ((a - self.a[m][rows]) / std_a).abs().mean() + \
+                ((b - self.b[m][rows]) / std_b).abs().mean()
+        return total / len(outputs)
+
+
+def t2l_train_loop(config: dict) -> dict:
+    """One worker's loop (in-process or under Ray Train)."""
+    cfg = T2LTrainConfig(**config)
+    cfg.validate()
+    torch.set_num_threads(cfg.threads)
+    rank, world = distributed()
+    torch.manual_seed(cfg.seed + rank)
+
+    model, tok = load_model(cfg.model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    encoder = DescriptionEncoder(cfg.encoder)
+    tasks = {name: get_task(name) for name in cfg.task_names()}
+    net = build_hypernet(cfg, model.config.to_dict(), encoder.dim).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    ds_engine = None
+    if cfg.deepspeed_stage is not None:
+        from t2ray.distributed.deepspeed import initialize
+
+        ds_engine, opt = initialize(net, opt, cfg.deepspeed_stage, cfg.grad_clip, world)
+    recon = None
+    if cfg.objective == "recon":
+        recon = ReconTargets(load_library(cfg.library, list(tasks), cfg.rank),
+                             net.cfg.n_layers, net.module_names)
+    train_sets = {n: t.examples("train") for n, t in tasks.items()}
+    start_step = resume(net, opt, sched, ds_engine)
+    history: list[dict] = []
+
+    from tqdm import tqdm
+
+    for step in tqdm(range(start_step, cfg.steps), desc=f"t2l-{cfg.variant}-{cfg.objective}",
+                     initial=start_step, total=cfg.steps, disable=rank != 0):
+        t0 = time.perf_counter()
+        rng = random.Random(f"{cfg.seed}|{step}|{rank}")
+        names = rng.sample(list(tasks), cfg.tasks_per_batch)
+        descriptions = [rng.choice(tasks[n].descriptions) for n in names]
+        outputs = (ds_engine or net)(encoder.encode(descriptions))
+        if recon is not None:
+            loss = recon.loss(outputs, names)
+            stats = {"loss": loss.item()}
+        else:
+            loras = to_loras(outputs, cfg.rank, cfg.lora_alpha, cfg.use_rslora)
+            examples = [(i, e) for i, n in enumerate(names)
+                        for e in rng.sample(train_sets[n], cfg.examples_per_task)]
+            prompt_ids = [tok(format_prompt(tok, e.prompt), add_special_tokens=False)["input_ids"]
+                          for _, e in examples]
+            answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
+                       for _, e in examples]
+            ids, attn, comp = completion_batch(prompt_ids, answers, tok.pad_token_id)
+            with batched_lora(model, [loras[i] for i, _ in examples]):
+                logits = model(input_ids=ids, attention_mask=attn).logits
+            nll = sft_loss(logits, ids, comp)
+            l2 = sum(a.square().mean() + b.square().mean() for a, b in outputs.values())
+            loss = nll + cfg.l2_reg * l2 / len(outputs)
+            stats = {"loss": loss.item(), "nll": nll.item(),
+                     "tokens_per_s": int(attn.sum()) / (time.perf_counter() - t0)}
+        grad_norm = optimizer_step(loss, params, opt, sched, cfg.grad_clip, world, ds_engine)
+        stats.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0])
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            names_val = sorted(tasks)[: cfg.eval_tasks]
+            net.eval()
+            stats["val_accuracy"] = validation_accuracy(
+                _checkpoint(net, cfg, encoder, model), encoder, model, tok, names_val,
+                cfg.eval_n)
+            net.train()
+        history.append(stats)
+        report(stats, net, opt, sched, step + 1, cfg.checkpoint_every, cfg.steps, rank,
+               ds_engine)
+
+    if rank == 0:
+        out = Path(cfg.out)
+        _checkpoint(net, cfg, encoder, model).save(out / "checkpoint",
+                                                   extra={"train": asdict(cfg)})
+        save_history(history, out, "loss_curve.png", "loss",
+                     f"T2L-{cfg.variant} ({cfg.objective})")
+    return {"history": history}
+
+
+def _checkpoint(net: HyperLoRA, cfg: T2LTrainConfig, encoder, model) -> T2LCheckpoint:
+    return T2LCheckpoint(net, encoder.name, cfg.lora_alpha, cfg.use_rslora, cfg.model,
+                         model.config.to_dict())
+
+
+def validation_accuracy(ckpt: T2LCheckpoint, encoder, model, tok, task_names: list[str],
+                        n: int) -> float:
+    """Mean exact-match accuracy over tasks, each run with the LoRA generated from its first
+    description."""
+    engine = HFEngine(model, tok)
+    loras = ckpt.generate(encoder, [get_task(t).descriptions[0] for t in task_names])
+    accs = []
+    for name, lora in zip(task_names, loras):
+        engine.set_lora(lora)
+        accs.append(evaluate_task(engine, get_task(name), "validation", n).accuracy)
+    engine.reset()
+    return sum(accs) / len(accs)
+
+
+def train_t2l(cfg: T2LTrainConfig, workers: int = 0, use_gpu: bool = False,
+              max_failures: int = 1) -> dict:
+    """`t2ray t2l train` / jobs/train_t2l.py. workers=0 runs in this process, else Ray Train."""
+    cfg.validate()
+    cfg.out = str(Path(cfg.out).resolve())
+    if cfg.library:
+        cfg.library = str(Path(cfg.library).resolve())
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    if workers == 0:
+        return t2l_train_loop(asdict(cfg))
+    import ray
+
+    from t2ray.distributed.train import run_on_ray
+
+    if not ray.is_initialized():
+        ray.init()
+    cfg.threads = max(1, cfg.threads // workers) if not use_gpu else cfg.threads
+    return run_on_ray(t2l_train_loop, asdict(cfg), workers, name=out.name,
+                      storage_path=out / "ray_train", use_gpu=use_gpu, cpus_per_worker=1.0,
+                      max_failures=max_failures)
+
