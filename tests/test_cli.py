@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from t2ray.tasks import get_task
+
 T2RAY = shutil.which("t2ray") or str(__import__("pathlib").Path(sys.executable).parent / "t2ray")
 
 
@@ -79,9 +81,14 @@ def test_demo_pipeline_smoke_preset_end_to_end_and_reuses_artifacts(tmp_path):
     assert {r["method"] for r in unseen} == {"base", "lora-rl", "prompt", "classifier", "fewshot"}
     assert {r["task"] for r in unseen} == {"math-hard", "code-hard", "reasoning-hard"}
     assert (tmp_path / "first" / "unseen" / "alpha.png").stat().st_size > 0
+    t2l = result["tables"]["t2l"]
+    assert [r["method"] for r in t2l] == ["base", "t2l-sft"] and not get_task(t2l[0]["task"]).seen
+    from peft import LoraConfig
+
+    LoraConfig.from_pretrained(str(tmp_path / "first" / "t2l_adapter"))  # PEFT reads it
     again = run("demo", "--preset", "smoke", "--out", str(tmp_path / "second"), cwd=tmp_path,
                 timeout=900)
-    assert again.stdout.count("reusing") >= 7  # 4 experts + 3 LoRAs are not trained again
+    assert again.stdout.count("reusing") >= 8  # 4 experts, 3 LoRAs and the T2L: none retrained
 
 
 @pytest.mark.parametrize("variant,paper", [("L", 55.4e6), ("M", 34.4e6), ("S", 5.0e6)])

@@ -71,3 +71,24 @@ def test_bad_configs_are_refused(tmp_path):
         small(tmp_path, objective="dpo").validate()
     with pytest.raises(FileNotFoundError, match="no LoRA for task"):
         train_t2l(small(tmp_path, objective="recon", library=str(tmp_path / "none"), steps=1))
+
+
+def test_text_to_svf_learns_through_the_factorized_path(tmp_path):
+    """Variant Z emits expert vectors (z for every MLP matrix) that start at the identity, lower
+    the completion loss under SFT, and load as ordinary library experts."""
+    from t2ray.svf.expert import ExpertVector
+    from t2ray.svf.ops import decompose_model
+
+    result = train_t2l(small(tmp_path, variant="Z", steps=40, lr=3e-3, eval_every=40))
+    nll = [h["nll"] for h in result["history"]]
+    assert sum(nll[-8:]) / 8 < 0.9 * sum(nll[:8]) / 8
+    cache = decompose_model("tiny", "mlp")
+    ckpt = T2LCheckpoint.load(tmp_path / "t2l" / "checkpoint")
+    expert = ckpt.generate(DescriptionEncoder(ckpt.encoder), [get_task(TASKS[0]).descriptions[0]],
+                           svd_cache=cache)[0]
+    assert expert.num_params == sum(cache.ranks().values())  # hundreds, not a LoRA's thousands
+    expert.save(tmp_path / "expert")
+    assert ExpertVector.load(tmp_path / "expert", expect_fingerprint=cache.fingerprint).z.keys() \
+        == cache.ranks().keys()
+    with pytest.raises(ValueError, match="objective 'sft' only"):
+        small(tmp_path, variant="Z", objective="recon", library="x").validate()

@@ -45,6 +45,19 @@ def to_loras(outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int, a
     return loras
 
 
+def to_experts(outputs: dict[str, torch.Tensor], cache, param=None) -> list:
+    """One ExpertVector per batch row of a text-to-SVF (variant Z) forward, on `cache`'s
+    matrices; z keeps its graph, so training flows through it."""
+    from t2ray.svf.expert import ExpertVector, SVFParam
+
+    param = param or SVFParam("reference")
+    first = next(iter(outputs.values()))
+    batch, n_layers = first.shape[:2]
+    return [ExpertVector.for_cache(cache, {module_path(layer, m): outputs[m][i, layer]
+                                           for m in outputs for layer in range(n_layers)}, param)
+            for i in range(batch)]
+
+
 @dataclass
 class T2LCheckpoint:
     net: HyperLoRA
@@ -83,11 +96,19 @@ class T2LCheckpoint:
                    m["base_config"])
 
     @torch.inference_mode()
-    def generate(self, encoder, descriptions: list[str]) -> list[LoraWeights]:
-        """LoRAs for a batch of descriptions in one encoder pass and one hypernetwork forward."""
+    def generate(self, encoder, descriptions: list[str], svd_cache=None) -> list:
+        """LoRAs (or, for a text-to-SVF checkpoint, expert vectors on `svd_cache`) for a batch
+        of descriptions in one encoder pass and one hypernetwork forward."""
         if encoder.name != self.encoder:
             raise ValueError(f"checkpoint was trained with encoder {self.encoder!r}, "
                              f"got {encoder.name!r}")
         outputs = self.net(encoder.encode(descriptions))
+        if self.net.cfg.variant == "Z":
+            if svd_cache is None:
+                raise ValueError("a text-to-SVF checkpoint needs the base model's SVD cache")
+            experts = to_experts(outputs, svd_cache)
+            for e, d in zip(experts, descriptions):
+                e.metrics = {"description": d}
+            return experts
         return to_loras(outputs, self.net.cfg.rank, self.lora_alpha, self.use_rslora,
                         [{"description": d} for d in descriptions])

@@ -12,6 +12,8 @@ Heads (one set of rows per target module):
   added before block2, and A / B keep the first `in` / `out` columns;
 - S: like M but the head emits one rank row (max(in,out)); a learned rank-position embedding
   (through block2) makes the r rows.
+- Z (text-to-SVF): the head emits an SVF expert vector z (min(in,out) values, one per singular
+  value) for each target matrix instead of a LoRA: a far smaller output.
 
 Shapes, layer count and module names come from the base model's config alone
 (`lora_targets`), never from its weights. One forward produces the LoRA for every (layer,
@@ -25,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-VARIANTS = ("L", "M", "S")
+VARIANTS = ("L", "M", "S", "Z")
 
 
 def lora_targets(config, targets: list[str]) -> tuple[int, dict[str, tuple[int, int]]]:
@@ -92,7 +94,7 @@ class HyperLoRA(nn.Module):
         heads = {}
         for name, (fan_in, fan_out) in cfg.modules.items():
             width = {"L": r * (fan_in + fan_out), "M": r * max(fan_in, fan_out),
-                     "S": max(fan_in, fan_out)}[cfg.variant]
+                     "S": max(fan_in, fan_out), "Z": min(fan_in, fan_out)}[cfg.variant]
             heads[name] = nn.Linear(cfg.head_in, width, bias=cfg.head_bias)
         self.heads = nn.ModuleDict(heads)
         if cfg.variant in ("M", "S"):
@@ -111,8 +113,9 @@ class HyperLoRA(nn.Module):
         h = self.mixer(h)
         return h + self.block1(h)
 
-    def forward(self, task_emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """task_emb (B, E) -> {module type: (A (B, N, r, in), B (B, N, out, r))}."""
+    def forward(self, task_emb: torch.Tensor) -> dict:
+        """task_emb (B, E) -> {module type: (A (B, N, r, in), B (B, N, out, r))}, or for Z
+        {module type: z (B, N, min(in, out))}."""
         if task_emb.ndim != 2 or task_emb.shape[1] != self.cfg.encoder_dim:
             raise ValueError(f"expected (batch, {self.cfg.encoder_dim}) embeddings, "
                              f"got {tuple(task_emb.shape)}")
@@ -122,6 +125,9 @@ class HyperLoRA(nn.Module):
             fan_in, fan_out = self.cfg.modules[name]
             h1 = self._trunk_to_block1(task_emb, m)
             head = self.heads[name]
+            if self.cfg.variant == "Z":
+                out[name] = head(self.block3(h1 + self.block2(h1)))
+                continue
             if self.cfg.variant == "L":
                 flat = head(self.block3(h1 + self.block2(h1)))
                 a = flat[..., : r * fan_in].unflatten(-1, (r, fan_in))

@@ -5,7 +5,9 @@
 - `sft`: end to end through the frozen base model. Each batch mixes `tasks_per_batch` training
   tasks; every task gets one random description of its own, the hypernetwork turns the batch of
   descriptions into LoRAs in one forward, and each row of the language-model batch runs with its
-  task's LoRA (`batched_lora`). Completion-only loss, plus the reference's L2 penalty on A and B.
+  task's LoRA (`batched_lora`). Variant Z (text-to-SVF) trains this way only, each row running
+  with its own expert vector on the factorized SVF path. Completion-only loss, plus the
+  reference's L2 penalty on the generated A and B (or z).
 
 Training tasks are the seen instruction families; the held-out families and their descriptions
 never appear here. Validation reads seen tasks' validation splits.
@@ -29,8 +31,11 @@ from t2ray.lora.peft_io import import_peft
 from t2ray.lora.weights import LoraWeights, batched_lora
 from t2ray.models import load_model
 from t2ray.rl.reinforce import completion_batch, sft_loss
+from t2ray.svf.apply import factorized
+from t2ray.svf.ops import decompose_model
+from t2ray.svf.targets import MLP as SVF_MLP
 from t2ray.t2l.encoder import DEFAULT_ENCODER, DescriptionEncoder
-from t2ray.t2l.generate import T2LCheckpoint, to_loras
+from t2ray.t2l.generate import T2LCheckpoint, to_experts, to_loras
 from t2ray.t2l.hypernet import HyperConfig, HyperLoRA, lora_targets
 from t2ray.tasks import get_task
 from t2ray.tasks.instruct import instruct_tasks
@@ -51,7 +56,7 @@ class T2LTrainConfig:
     library: str | None = None  # recon targets: <library>/<task>/ PEFT adapters
     tasks: list[str] = field(default_factory=list)  # empty: every seen instruction family
     encoder: str = DEFAULT_ENCODER
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # Z: SVF's MLP
     rank: int = 8
     lora_alpha: float = 16.0
     use_rslora: bool = False
@@ -82,6 +87,8 @@ class T2LTrainConfig:
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.variant == "Z" and self.objective != "sft":
+            raise ValueError("text-to-SVF (variant Z) trains with objective 'sft' only")
         if self.objective == "recon" and not self.library:
             raise ValueError("reconstruction needs library= (a directory of per-task LoRAs)")
         unseen = [t for t in self.task_names() if not get_task(t).seen]
@@ -93,11 +100,16 @@ class T2LTrainConfig:
 
 
 def build_hypernet(cfg: T2LTrainConfig, base_config: dict, encoder_dim: int) -> HyperLoRA:
-    n_layers, modules = lora_targets(base_config, cfg.targets)
+    targets = list(SVF_MLP) if cfg.variant == "Z" else cfg.targets
+    n_layers, modules = lora_targets(base_config, targets)
     net = HyperLoRA(HyperConfig(cfg.variant, n_layers, modules, rank=cfg.rank,
                                 encoder_dim=encoder_dim, latent=cfg.latent,
                                 head_in=cfg.head_in))
-    if cfg.objective == "sft":
+    if cfg.variant == "Z":  # z = 0 is the identity of the reference parameterisation
+        for head in net.heads.values():
+            torch.nn.init.zeros_(head.weight)
+            torch.nn.init.zeros_(head.bias)
+    elif cfg.objective == "sft":
         init_heads_as_peft(net, torch.Generator().manual_seed(cfg.seed))
     return net
 
@@ -189,6 +201,7 @@ def t2l_train_loop(config: dict) -> dict:
     if cfg.objective == "recon":
         recon = ReconTargets(load_library(cfg.library, list(tasks), cfg.rank),
                              net.cfg.n_layers, net.module_names)
+    svd_cache = decompose_model(cfg.model, "mlp") if cfg.variant == "Z" else None
     train_sets = {n: t.examples("train") for n, t in tasks.items()}
     start_step = resume(net, opt, sched, ds_engine)
     history: list[dict] = []
@@ -206,7 +219,6 @@ def t2l_train_loop(config: dict) -> dict:
             loss = recon.loss(outputs, names)
             stats = {"loss": loss.item()}
         else:
-            loras = to_loras(outputs, cfg.rank, cfg.lora_alpha, cfg.use_rslora)
             examples = [(i, e) for i, n in enumerate(names)
                         for e in rng.sample(train_sets[n], cfg.examples_per_task)]
             prompt_ids = [tok(format_prompt(tok, e.prompt), add_special_tokens=False)["input_ids"]
@@ -214,10 +226,17 @@ def t2l_train_loop(config: dict) -> dict:
             answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
                        for _, e in examples]
             ids, attn, comp = completion_batch(prompt_ids, answers, tok.pad_token_id)
-            with batched_lora(model, [loras[i] for i, _ in examples]):
+            if svd_cache is not None:
+                experts = to_experts(outputs, svd_cache)
+                adapted = factorized(model, svd_cache, [experts[i] for i, _ in examples])
+                l2 = sum(z.square().mean() for z in outputs.values())
+            else:
+                loras = to_loras(outputs, cfg.rank, cfg.lora_alpha, cfg.use_rslora)
+                adapted = batched_lora(model, [loras[i] for i, _ in examples])
+                l2 = sum(a.square().mean() + b.square().mean() for a, b in outputs.values())
+            with adapted:
                 logits = model(input_ids=ids, attention_mask=attn).logits
             nll = sft_loss(logits, ids, comp)
-            l2 = sum(a.square().mean() + b.square().mean() for a, b in outputs.values())
             loss = nll + cfg.l2_reg * l2 / len(outputs)
             stats = {"loss": loss.item(), "nll": nll.item(),
                      "tokens_per_s": int(attn.sum()) / (time.perf_counter() - t0)}
@@ -228,7 +247,7 @@ def t2l_train_loop(config: dict) -> dict:
             net.eval()
             stats["val_accuracy"] = validation_accuracy(
                 _checkpoint(net, cfg, encoder, model), encoder, model, tok, names_val,
-                cfg.eval_n)
+                cfg.eval_n, svd_cache)
             net.train()
         history.append(stats)
         report(stats, net, opt, sched, step + 1, cfg.checkpoint_every, cfg.steps, rank,
@@ -249,14 +268,18 @@ def _checkpoint(net: HyperLoRA, cfg: T2LTrainConfig, encoder, model) -> T2LCheck
 
 
 def validation_accuracy(ckpt: T2LCheckpoint, encoder, model, tok, task_names: list[str],
-                        n: int) -> float:
-    """Mean exact-match accuracy over tasks, each run with the LoRA generated from its first
-    description."""
-    engine = HFEngine(model, tok)
-    loras = ckpt.generate(encoder, [get_task(t).descriptions[0] for t in task_names])
+                        n: int, svd_cache=None) -> float:
+    """Mean exact-match accuracy over tasks, each run with the LoRA (or expert) generated from
+    its first description."""
+    engine = HFEngine(model, tok, svd_cache=svd_cache)
+    adapters = ckpt.generate(encoder, [get_task(t).descriptions[0] for t in task_names],
+                             svd_cache)
     accs = []
-    for name, lora in zip(task_names, loras):
-        engine.set_lora(lora)
+    for name, adapter in zip(task_names, adapters):
+        if svd_cache is not None:
+            engine.set_expert(adapter)
+        else:
+            engine.set_lora(adapter)
         accs.append(evaluate_task(engine, get_task(name), "validation", n).accuracy)
     engine.reset()
     return sum(accs) / len(accs)
