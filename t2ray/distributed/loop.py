@@ -1,6 +1,7 @@
-"""What every training loop here shares, in-process or inside a Ray Train worker: the rank, one
-optimiser step (plain all-reduce or DeepSpeed), and checkpoints of the trainable tensors through
-`ray.train.report` with resume from the latest one.
+"""What every training loop here shares, in-process or inside a Ray Train worker: the rank,
+prompt + completion batches and the completion-only next-token loss, one optimiser step (plain
+all-reduce or DeepSpeed), and checkpoints of the trainable tensors through `ray.train.report`
+with resume from the latest one.
 
 Only parameters with requires_grad are checkpointed (z, a LoRA, a hypernetwork); frozen base
 weights are rebuilt from the model files."""
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 DS_TAG = "t2ray"  # DeepSpeed checkpoint tag inside each Ray Train checkpoint
 
@@ -138,3 +140,26 @@ def save_history(history: list[dict], out: Path, png_name: str, key: str, title:
     fig.tight_layout()
     fig.savefig(out / png_name, dpi=120)
     plt.close(fig)
+
+
+def completion_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
+    """Right-padded prompt + completion ids, attention mask and completion mask."""
+    rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    comp = torch.zeros_like(ids)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, : len(p) + len(c)] = 1
+        comp[i, len(p) : len(p) + len(c)] = 1
+    return ids, attn, comp
+
+
+def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor,
+             completion_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token loss on reference completions only (the paper's SFT ablation)."""
+    mask = completion_mask[:, 1:].float()
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:],
+                          reduction="none")
+    return (nll * mask).sum() / mask.sum().clamp_min(1.0)

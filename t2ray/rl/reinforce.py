@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -78,26 +77,3 @@ def reinforce_loss(policy_logits: torch.Tensor, input_ids: torch.Tensor,
         stats["kl"] = kl.item()
     stats["loss"] = loss.item()
     return loss, stats
-
-
-def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor,
-             completion_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token loss on reference completions only (the paper's SFT ablation)."""
-    mask = completion_mask[:, 1:].float()
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:],
-                          reduction="none")
-    return (nll * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def completion_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
-    """Right-padded prompt + completion ids, attention mask and completion mask."""
-    rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    comp = torch.zeros_like(ids)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-        attn[i, : len(p) + len(c)] = 1
-        comp[i, len(p) : len(p) + len(c)] = 1
-    return ids, attn, comp

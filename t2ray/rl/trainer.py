@@ -18,13 +18,21 @@ from pathlib import Path
 import torch
 import yaml
 
-from t2ray.distributed.loop import distributed, optimizer_step, report, resume, save_history
+from t2ray.distributed.loop import (
+    completion_batch,
+    distributed,
+    optimizer_step,
+    report,
+    resume,
+    save_history,
+    sft_loss,
+)
 from t2ray.engines.hf import HFEngine, format_prompt
 from t2ray.engines.lockstep import LockstepEngine
 from t2ray.eval.harness import evaluate_task, max_new_tokens_for
 from t2ray.models import load_model
 from t2ray.rl.policy import LoraPolicy, SVFPolicy
-from t2ray.rl.reinforce import ReinforceConfig, completion_batch, reinforce_loss, sft_loss
+from t2ray.rl.reinforce import ReinforceConfig, reinforce_loss
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import SVFParam
 from t2ray.tasks import get_task

@@ -24,13 +24,20 @@ from pathlib import Path
 import torch
 import yaml
 
-from t2ray.distributed.loop import distributed, optimizer_step, report, resume, save_history
+from t2ray.distributed.loop import (
+    completion_batch,
+    distributed,
+    optimizer_step,
+    report,
+    resume,
+    save_history,
+    sft_loss,
+)
 from t2ray.engines.hf import HFEngine, format_prompt
 from t2ray.eval.harness import evaluate_task
 from t2ray.lora.peft_io import import_peft
 from t2ray.lora.weights import LoraWeights, batched_lora
 from t2ray.models import load_model
-from t2ray.rl.reinforce import completion_batch, sft_loss
 from t2ray.svf.apply import factorized
 from t2ray.svf.ops import decompose_model
 from t2ray.svf.targets import MLP as SVF_MLP
