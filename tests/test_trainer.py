@@ -1,6 +1,7 @@
 """The RL / SFT recipe in-process on a tiny random model: it runs, saves, and only z moves."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -114,3 +115,24 @@ def test_tuning_reads_validation_only_and_overrides_reach_the_run(tmp_path, tiny
     run = yaml.safe_load((tmp_path / "seen" / "reasoning" / "svf-rl" / "seed0" /
                           "train_config.yaml").read_text())
     assert (run["lr"], run["temperature"]) == (0.25, 0.5)
+
+
+def test_multi_task_runs_judge_each_example_by_its_own_task(tmp_path, tiny_random):
+    from t2ray.rl.trainer import _verify
+    from t2ray.tasks import get_task
+    from t2ray.tasks.rewards import CORRECT, RewardCache
+
+    math, words = get_task("math"), get_task("count-words")
+    examples = [math.examples("train", 2)[0], words.examples("train", 1)[0],
+                math.examples("train", 2)[1]]
+    texts = [examples[0].solution, "nonsense", examples[2].solution]
+    rewards = _verify({t.name: RewardCache(t.kind) for t in (math, words)}, examples, texts)
+    assert rewards[0] == CORRECT and rewards[2] == CORRECT and rewards[1] != CORRECT
+    path, _ = tiny_random
+    result = train_loop(asdict(TrainConfig(
+        out=str(tmp_path / "mt"), model=str(path), task="first-1-letters,count-words",
+        policy="lora", objective="sft", steps=2, prompts_per_step=4, eval_every=2, eval_n=2,
+        threads=1, lora_rank=2, lora_alpha=4.0)))
+    assert 0 <= result["history"][-1]["val_accuracy"] <= 1
+    with pytest.raises(KeyError):
+        TrainConfig(task="math,no-such-task", svd_cache="x").validate()

@@ -43,7 +43,7 @@ from t2ray.tasks.rewards import RewardCache
 class TrainConfig:
     out: str = "runs/expert"
     model: str = "tiny"
-    task: str = "math"
+    task: str = "math"  # or a comma list: one policy on the union of the tasks' train splits
     policy: str = "svf"  # "svf" or "lora"
     objective: str = "rl"  # "rl" (REINFORCE) or "sft" (next token on reference solutions)
     svd_cache: str | None = None  # required for policy "svf"
@@ -84,7 +84,8 @@ class TrainConfig:
         if self.deepspeed_stage == 3 and self.policy == "lora":
             raise ValueError("ZeRO-3 is supported for SVF policies only: the LoRA baseline "
                              "wraps base layers whose weights ZeRO-3 partitions; use stage 0-2")
-        get_task(self.task)
+        for name in self.task.split(","):
+            get_task(name)
 
 
 def _build_policy(cfg: TrainConfig, model) -> torch.nn.Module:
@@ -102,6 +103,17 @@ def _optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, object]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     return opt, torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+
+
+def _verify(verifiers: dict[str, RewardCache], examples, texts) -> list[float]:
+    """Rewards in batch order, each example judged by its own task's verifier."""
+    out: list[float] = [0.0] * len(examples)
+    for name, verify in verifiers.items():
+        idx = [i for i, e in enumerate(examples) if e.task == name]
+        if idx:
+            for i, r in zip(idx, verify([examples[i] for i in idx], [texts[i] for i in idx])):
+                out[i] = r
+    return out
 
 
 @contextmanager
@@ -162,10 +174,10 @@ def train_loop(config: dict) -> dict:
         engine = LockstepEngine(ds_engine, tok)
     else:
         engine = HFEngine(model, tok, svd_cache=getattr(policy, "cache", None))
-    task = get_task(cfg.task)
-    train_examples = task.examples("train")
-    max_new = max_new_tokens_for(task, tok)
-    verify = RewardCache(task.kind)
+    tasks = [get_task(name) for name in cfg.task.split(",")]
+    train_examples = [e for t in tasks for e in t.examples("train")]
+    max_new = max(max_new_tokens_for(t, tok) for t in tasks)
+    verifiers = {t.name: RewardCache(t.kind) for t in tasks}
     start_step = resume(policy, opt, sched, ds_engine)
     local_prompts = max(1, cfg.prompts_per_step // world)
     rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, cfg.samples_per_prompt,
@@ -188,11 +200,11 @@ def train_loop(config: dict) -> dict:
                 completions = engine.generate([prompts[i] for i in rows], max_new,
                                               temperature=cfg.temperature,
                                               seed=cfg.seed * 100_003 + step * 101 + rank)
-            rewards = torch.tensor(verify([examples[i] for i in rows],
-                                          [c.text for c in completions]))
-            ids, attn, comp = completion_batch([prompt_ids[i] for i in rows],
-                                     [c.token_ids + [tok.eos_token_id] for c in completions],
-                                     tok.pad_token_id)
+            rewards = torch.tensor(_verify(verifiers, [examples[i] for i in rows],
+                                           [c.text for c in completions]))
+            ids, attn, comp = completion_batch(
+                [prompt_ids[i] for i in rows],
+                [c.token_ids + [tok.eos_token_id] for c in completions], tok.pad_token_id)
             logits = (ds_engine or policy)(ids, attn)
             base = policy.base_logits(ids, attn) if cfg.kl_coef > 0 else None
             loss, stats = reinforce_loss(logits, ids, comp, rewards, rl_cfg, base_logits=base)
@@ -209,8 +221,9 @@ def train_loop(config: dict) -> dict:
                      local_weight_bytes=local_weight_bytes(model))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             with _following(engine, policy):
-                stats["val_accuracy"] = evaluate_task(engine, task, "validation",
-                                                      cfg.eval_n).accuracy
+                stats["val_accuracy"] = sum(
+                    evaluate_task(engine, t, "validation", cfg.eval_n).accuracy
+                    for t in tasks) / len(tasks)
         history.append(stats)
         report(stats, policy, opt, sched, step + 1, cfg.checkpoint_every, cfg.steps, rank,
                ds_engine)
