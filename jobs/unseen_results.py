@@ -53,7 +53,7 @@ for seed in seeds:
     for name, src in sources.items():
         if name not in lib.names():
             lib.add(name, ExpertVector.load(src, expect_fingerprint=cache.fingerprint))
-    for family in EXPERT_CATEGORIES:
+    for family in EXPERT_CATEGORIES if "lora" in args.strategies.split(",") else ():
         dst = lib.root / "lora" / family
         if not dst.exists():
             shutil.copytree(seen / family / "lora-rl" / f"seed{seed}" / "lora", dst)

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from t2ray.adapt.router import BASE, Router, label_logprobs
+from t2ray.adapt.router import BASE, Router
 from t2ray.adapt.two_pass import TwoPass
 from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.engines.scoring import label_logprobs
 from t2ray.models import load_model
 from t2ray.svf.expert import ExpertVector, SVFParam
 

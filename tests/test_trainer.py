@@ -136,3 +136,34 @@ def test_multi_task_runs_judge_each_example_by_its_own_task(tmp_path, tiny_rando
     assert 0 <= result["history"][-1]["val_accuracy"] <= 1
     with pytest.raises(KeyError):
         TrainConfig(task="math,no-such-task", svd_cache="x").validate()
+
+
+def test_rl_on_a_closed_label_set_samples_labels(tmp_path, tiny_model):
+    """The routing task's rollouts are drawn among its labels (the free-running tiny model never
+    emits one), so rewards carry signal; greedy picks are the router's decision."""
+    from t2ray.adapt.router import Router
+    from t2ray.engines.hf import HFEngine
+    from t2ray.rl.trainer import sample_labels
+    from t2ray.svf.ops import decompose_model
+    from t2ray.tasks import get_task
+
+    model, tok = tiny_model
+    route = get_task("route")
+    questions = [e.prompt for e in route.examples("validation", 6)]
+    engine = HFEngine(model, tok)
+    greedy = [c.text for c in sample_labels(engine, questions, route.labels, 0.0, 0)]
+    from t2ray.tasks.route import route_prompt
+
+    raw = [q.split("Question: ", 1)[1] for q in questions]
+    assert [route_prompt(q) for q in raw] == questions
+    assert greedy == Router(engine).route(raw)
+    sampled = sample_labels(engine, questions * 4, route.labels, 1.0, 1)
+    assert {c.text for c in sampled} <= set(route.labels)
+    assert all(tok.decode(c.token_ids) == c.text for c in sampled)
+    result = train_loop(asdict(TrainConfig(
+        out=str(tmp_path / "route"), task="route", svd_cache=str(decompose_model("tiny", "mlp").root),
+        steps=2, prompts_per_step=8, samples_per_prompt=2, eval_every=2, eval_n=8, threads=1)))
+    assert any(h["reward_mean"] > -1 for h in result["history"])
+    assert 0 <= result["history"][-1]["val_accuracy"] <= 1
+    with pytest.raises(ValueError, match="closed label set"):
+        TrainConfig(task="route,math", svd_cache="x").validate()

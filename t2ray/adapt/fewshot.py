@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from t2ray.adapt.router import answer_logprobs
 from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.engines.scoring import answer_logprobs
 from t2ray.eval.harness import max_new_tokens_for
 from t2ray.models import load_model
 from t2ray.svf.cache import SVDCache

@@ -27,8 +27,9 @@ from t2ray.distributed.loop import (
     save_history,
     sft_loss,
 )
-from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.engines.hf import Completion, HFEngine, format_prompt
 from t2ray.engines.lockstep import LockstepEngine
+from t2ray.engines.scoring import label_logprobs
 from t2ray.eval.harness import evaluate_task, max_new_tokens_for
 from t2ray.models import load_model
 from t2ray.rl.policy import LoraPolicy, SVFPolicy
@@ -84,8 +85,11 @@ class TrainConfig:
         if self.deepspeed_stage == 3 and self.policy == "lora":
             raise ValueError("ZeRO-3 is supported for SVF policies only: the LoRA baseline "
                              "wraps base layers whose weights ZeRO-3 partitions; use stage 0-2")
-        for name in self.task.split(","):
-            get_task(name)
+        labelled = [get_task(name).labels is not None for name in self.task.split(",")]
+        if any(labelled) and not all(labelled):
+            raise ValueError("tasks with a closed label set cannot share a run with open ones")
+        if all(labelled) and self.deepspeed_stage == 3:
+            raise ValueError("label-set rollouts score through the HF engine; use ZeRO 0-2")
 
 
 def _build_policy(cfg: TrainConfig, model) -> torch.nn.Module:
@@ -103,6 +107,28 @@ def _optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, object]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     return opt, torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+
+
+def sample_labels(engine: HFEngine, questions: list[str], labels: tuple[str, ...],
+                  temperature: float, seed: int) -> list[Completion]:
+    """Rollouts on a closed answer set: each label drawn with probability proportional to
+    p(label + eos | question)^(1/T) under the engine's current weights (greedy at T = 0)."""
+    scores = label_logprobs(engine.model, engine.tokenizer, questions, list(labels))
+    if temperature > 0:
+        g = torch.Generator().manual_seed(seed)
+        picks = torch.multinomial(torch.softmax(scores / temperature, -1), 1, generator=g)[:, 0]
+    else:
+        picks = scores.argmax(-1)
+    tok = engine.tokenizer
+    return [Completion(labels[i], tok(labels[i], add_special_tokens=False)["input_ids"])
+            for i in picks.tolist()]
+
+
+def label_accuracy(engine: HFEngine, task, split: str, n: int) -> float:
+    """Share of items whose highest-scoring label is the answer (the router's decision rule)."""
+    examples = task.examples(split, n)
+    picks = sample_labels(engine, [e.prompt for e in examples], task.labels, 0.0, 0)
+    return sum(c.text == e.answer for c, e in zip(picks, examples)) / len(examples)
 
 
 def _verify(verifiers: dict[str, RewardCache], examples, texts) -> list[float]:
@@ -178,6 +204,7 @@ def train_loop(config: dict) -> dict:
     train_examples = [e for t in tasks for e in t.examples("train")]
     max_new = max(max_new_tokens_for(t, tok) for t in tasks)
     verifiers = {t.name: RewardCache(t.kind) for t in tasks}
+    labels = tasks[0].labels  # all tasks of a run have one, or none do (validate)
     start_step = resume(policy, opt, sched, ds_engine)
     local_prompts = max(1, cfg.prompts_per_step // world)
     rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, cfg.samples_per_prompt,
@@ -196,10 +223,14 @@ def train_loop(config: dict) -> dict:
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if cfg.objective == "rl":
             rows = [i for i in range(len(examples)) for _ in range(cfg.samples_per_prompt)]
+            seed = cfg.seed * 100_003 + step * 101 + rank
             with _following(engine, policy):
-                completions = engine.generate([prompts[i] for i in rows], max_new,
-                                              temperature=cfg.temperature,
-                                              seed=cfg.seed * 100_003 + step * 101 + rank)
+                if labels:
+                    completions = sample_labels(engine, [examples[i].prompt for i in rows],
+                                                labels, cfg.temperature, seed)
+                else:
+                    completions = engine.generate([prompts[i] for i in rows], max_new,
+                                                  temperature=cfg.temperature, seed=seed)
             rewards = torch.tensor(_verify(verifiers, [examples[i] for i in rows],
                                            [c.text for c in completions]))
             ids, attn, comp = completion_batch(
@@ -222,7 +253,8 @@ def train_loop(config: dict) -> dict:
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             with _following(engine, policy):
                 stats["val_accuracy"] = sum(
-                    evaluate_task(engine, t, "validation", cfg.eval_n).accuracy
+                    (label_accuracy(engine, t, "validation", cfg.eval_n) if labels else
+                     evaluate_task(engine, t, "validation", cfg.eval_n).accuracy)
                     for t in tasks) / len(tasks)
         history.append(stats)
         report(stats, policy, opt, sched, step + 1, cfg.checkpoint_every, cfg.steps, rank,

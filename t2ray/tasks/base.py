@@ -66,6 +66,9 @@ class Task:
     # A plausible but wrong solution in the task's own style (e.g. a skipped reasoning step). Used
     # only by the base-model corpus to keep skills *latent* (see t2ray/models/pretrain.py).
     distractor: Callable[[Example, random.Random], str] | None = None
+    # A closed answer set (the routing task's categories): RL samples among these labels by
+    # their log-probabilities instead of generating freely, and accuracy is the top label's.
+    labels: tuple[str, ...] | None = None
 
     def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:
         """The first `n` examples of a split (default: the split's full size), deterministic."""

@@ -53,4 +53,4 @@ def route_task() -> Task:
                 ],
                 generate=_gen_route,
                 split_sizes={"train": 2000, "validation": 200, "test": 400},
-                seen=True, group="route")
+                seen=True, group="route", labels=CATEGORIES)
