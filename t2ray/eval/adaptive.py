@@ -128,8 +128,13 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
         for task_name in tasks:
             for strategy in strategies:
                 t0 = time.perf_counter()
-                s = evaluate_strategy(engine, lib, task_name, strategy, seed, n_test, fs,
-                                      model, out / "tune", scorers, verify[task_name])
+                earlier = next((x for x in scores if (x.task, x.strategy) == (task_name, "none")),
+                               None)
+                if strategy == "none" and earlier is not None:
+                    s = replace(earlier, seed=seed)  # greedy base weights: the same every seed
+                else:
+                    s = evaluate_strategy(engine, lib, task_name, strategy, seed, n_test, fs,
+                                          model, out / "tune", scorers, verify[task_name])
                 scores.append(s)
                 console.print(f"seed {seed} {task_name:>15} {strategy:>10}: "
                               f"{100 * s.accuracy:.1f}% ({time.perf_counter() - t0:.0f} s)")

@@ -139,6 +139,11 @@ def _print(rows: list[dict]) -> None:
     console.print(table)
 
 
+def _settings(point: dict) -> dict:
+    return {k: v for k, v in point.items()
+            if k not in ("task", "method", "val_accuracy", "val_curve")}
+
+
 def tune_on_validation(base_cfg, task_name: str, method: str, grid: dict[str, list],
                        out: Path, seed: int = 0, workers: int = 0) -> dict:
     """Train `method` on `task_name` for every point of `grid` and pick the point with the best
@@ -163,14 +168,20 @@ def tune_on_validation(base_cfg, task_name: str, method: str, grid: dict[str, li
         val = [h["val_accuracy"] for h in history if "val_accuracy" in h]
         points.append({"task": task_name, "method": method, **fields,
                        "val_accuracy": val[-1], "val_curve": val})
+    # Earlier grids on the same task and method stay in the record (and in the choice).
+    record = out / task_name / method / "tuning.json"
+    fresh = [_settings(p) for p in points]
+    if record.exists():
+        points = [p for p in json.loads(record.read_text())["points"]
+                  if _settings(p) not in fresh] + points
     best = max(points, key=lambda p: p["val_accuracy"])
     summary = {"task": task_name, "method": method, "seed": seed, "points": points,
-               "selected": {k: best[k] for k in keys}}
-    (out / task_name / method / "tuning.json").write_text(json.dumps(summary, indent=1))
-    table = Table(*keys, "val accuracy (final)", "val curve",
+               "selected": _settings(best)}
+    record.write_text(json.dumps(summary, indent=1))
+    table = Table("settings", "val accuracy (final)", "val curve",
                   title=f"{method} on {task_name}: validation only, seed {seed}")
     for p in points:
-        table.add_row(*(str(p[k]) for k in keys), f"{100 * p['val_accuracy']:.1f}",
+        table.add_row(str(_settings(p)), f"{100 * p['val_accuracy']:.1f}",
                       " ".join(f"{100 * v:.0f}" for v in p["val_curve"]))
     console.print(table)
     console.print(f"selected: {summary['selected']}")
