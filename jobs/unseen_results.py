@@ -32,7 +32,8 @@ parser.add_argument("--n-test", type=int, help="test items per family (default: 
 parser.add_argument("--population", type=int, default=32)
 parser.add_argument("--generations", type=int, default=10)
 parser.add_argument("--concurrency", type=int, default=2)
-parser.add_argument("--out", default="runs/unseen")
+parser.add_argument("--out", default="runs/unseen", help="route experts and libraries")
+parser.add_argument("--tables", help="where scores, tables and plots go (default: --out)")
 parser.add_argument("--results", default="docs/results.json")
 args = parser.parse_args()
 
@@ -60,6 +61,8 @@ for seed in seeds:
 
 fewshot = FewShotConfig(population=args.population, generations=args.generations,
                         concurrency=args.concurrency)
-ray.init(num_cpus=max(2, args.concurrency), include_dashboard=False, log_to_driver=False)
+if "fewshot" in args.strategies.split(","):
+    ray.init(num_cpus=max(2, args.concurrency), include_dashboard=False, log_to_driver=False)
 run_eval(args.model, out / "library", list(CORE_UNSEEN), args.strategies.split(","), seeds,
-         out, str(cache.root), args.n_test, fewshot, results_json=Path(args.results))
+         Path(args.tables or out), str(cache.root), args.n_test, fewshot,
+         results_json=Path(args.results))
