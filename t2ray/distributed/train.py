@@ -28,3 +28,26 @@ def run_on_ray(train_fn: Callable[[dict], dict], config: dict, workers: int, nam
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     return trainer.fit().return_value
+
+
+def launch(train_fn: Callable[[dict], dict], cfg, workers: int, use_gpu: bool = False,
+           max_failures: int = 1) -> dict:
+    """Write `cfg` (a dataclass with `out` and `threads`) beside its outputs, then run `train_fn`
+    in this process (workers=0) or on Ray Train with the threads split between the workers."""
+    from dataclasses import asdict
+
+    import yaml
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    if workers == 0:
+        return train_fn(asdict(cfg))
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # joins RAY_ADDRESS (e.g. under `ray job submit`) or starts a local Ray
+    cfg.threads = max(1, cfg.threads // workers) if not use_gpu else cfg.threads
+    return run_on_ray(train_fn, asdict(cfg), workers, name=out.name,
+                      storage_path=out / "ray_train", use_gpu=use_gpu,
+                      cpus_per_worker=1.0, max_failures=max_failures)

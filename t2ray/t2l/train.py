@@ -33,6 +33,7 @@ from t2ray.distributed.loop import (
     save_history,
     sft_loss,
 )
+from t2ray.distributed.train import launch
 from t2ray.engines.hf import HFEngine, format_prompt
 from t2ray.eval.harness import evaluate_task
 from t2ray.lora.peft_io import import_peft
@@ -299,19 +300,4 @@ def train_t2l(cfg: T2LTrainConfig, workers: int = 0, use_gpu: bool = False,
     cfg.out = str(Path(cfg.out).resolve())
     if cfg.library:
         cfg.library = str(Path(cfg.library).resolve())
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    if workers == 0:
-        return t2l_train_loop(asdict(cfg))
-    import ray
-
-    from t2ray.distributed.train import run_on_ray
-
-    if not ray.is_initialized():
-        ray.init()
-    cfg.threads = max(1, cfg.threads // workers) if not use_gpu else cfg.threads
-    return run_on_ray(t2l_train_loop, asdict(cfg), workers, name=out.name,
-                      storage_path=out / "ray_train", use_gpu=use_gpu, cpus_per_worker=1.0,
-                      max_failures=max_failures)
-
+    return launch(t2l_train_loop, cfg, workers, use_gpu, max_failures)
