@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from t2ray.adapt.member import score_member
 from t2ray.engines.hf import HFEngine, format_prompt
 from t2ray.engines.scoring import answer_logprobs
 from t2ray.eval.harness import max_new_tokens_for
@@ -81,6 +82,7 @@ class ShotScorer:
         self.max_new_tokens = max_new_tokens_for(self.task, self.engine.tokenizer)
 
     def score(self, alpha: list[float], on: str = "shots") -> dict:
+        t0 = time.perf_counter()
         examples = self.sets[on]
         eng, tok = self.engine, self.engine.tokenizer
         eng.set_expert(alpha_mixture(self.experts, alpha))
@@ -95,7 +97,8 @@ class ShotScorer:
         accuracy = sum(v == CORRECT for v in verdicts) / len(examples)
         loglik = float((sums / counts).mean())
         return {"accuracy": accuracy, "loglik": loglik,
-                "fitness": scalar_fitness(accuracy, loglik)}
+                "fitness": scalar_fitness(accuracy, loglik),
+                "score_seconds": time.perf_counter() - t0}
 
 
 @dataclass
@@ -107,24 +110,11 @@ class FewShotResult:
     history: list[dict]  # per generation: best and mean accuracy so far
     trials: int
     seconds: float
+    score_seconds: float  # spent scoring members in the engine actors, summed over trials
     config: dict
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _trial(config: dict, pool, dim: int) -> None:
-    """One population member: borrow an engine actor, score alpha on the shots, report."""
-    import ray
-    from ray import tune
-
-    alpha = config["alpha"] if "alpha" in config else [config[f"a{i}"] for i in range(dim)]
-    actor = pool.get()
-    try:
-        result = ray.get(actor.score.remote(alpha))
-    finally:
-        pool.put(actor)
-    tune.report({**result, "alpha": alpha})
 
 
 def _search_alg(cfg: FewShotConfig, dim: int, n_experts: int):
@@ -184,7 +174,7 @@ def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str
     for a in actors:
         pool.put(a)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trial, pool=pool, dim=dim),
+        tune.with_resources(tune.with_parameters(score_member, pool=pool, dim=dim),
                             {"cpu": cfg.threads_per_trial}),
         tune_config=tune.TuneConfig(search_alg=_search_alg(cfg, dim, len(expert_dirs)),
                                     num_samples=cfg.population * cfg.generations,
@@ -220,4 +210,5 @@ def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str
         for a in actors:
             ray.kill(a)
     return FewShotResult(task, list(chosen["alpha"]), chosen["accuracy"], selection_accuracy,
-                         history, len(rows), time.perf_counter() - t0, asdict(cfg))
+                         history, len(rows), time.perf_counter() - t0,
+                         sum(m["score_seconds"] for m in rows), asdict(cfg))

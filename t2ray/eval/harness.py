@@ -47,14 +47,18 @@ def max_new_tokens_for(task: Task, tokenizer, margin: float = 1.5) -> int:
     return int(longest * margin) + 8
 
 
+def score_examples(engine, task: Task, examples: list, system: str | None = None) -> list[bool]:
+    """Greedy answers to `examples` (with `system` as the system turn), one verdict each."""
+    prompts = [format_prompt(engine.tokenizer, e.prompt, system) for e in examples]
+    completions = engine.generate(prompts, max_new_tokens=max_new_tokens_for(task, engine.tokenizer))
+    return [s == CORRECT for s in rewards(task.kind, examples, [c.text for c in completions])]
+
+
 def evaluate_task(engine, task: Task, split: str = "test", n: int | None = None,
                   system: str | None = None) -> EvalRow:
     t0 = time.perf_counter()
     examples = task.examples(split, n)
-    prompts = [format_prompt(engine.tokenizer, e.prompt, system) for e in examples]
-    completions = engine.generate(prompts, max_new_tokens=max_new_tokens_for(task, engine.tokenizer))
-    scores = rewards(task.kind, examples, [c.text for c in completions])
-    verdicts = tuple(s == CORRECT for s in scores)
+    verdicts = tuple(score_examples(engine, task, examples, system))
     correct = sum(verdicts)
     low, high = wilson_interval(correct, len(examples))
     return EvalRow(task.name, split, len(examples), correct, correct / len(examples), low, high,

@@ -52,6 +52,9 @@ class TrainConfig:
     max_mult: float = 1.0
     lora_rank: int = 16
     lora_alpha: float = 32.0
+    # Each prompt carries a random description of its task as the system turn, and validation
+    # the task's first one: a policy that learns to follow descriptions (the multi-task LoRA).
+    describe: bool = False
     steps: int = 60
     prompts_per_step: int = 32  # over all workers
     samples_per_prompt: int = 1
@@ -88,6 +91,9 @@ class TrainConfig:
         labelled = [get_task(name).labels is not None for name in self.task.split(",")]
         if any(labelled) and not all(labelled):
             raise ValueError("tasks with a closed label set cannot share a run with open ones")
+        if all(labelled) and self.describe:
+            raise ValueError("label-set rollouts score the bare question; describe needs open "
+                             "answers")
         if all(labelled) and self.deepspeed_stage == 3:
             raise ValueError("label-set rollouts score through the HF engine; use ZeRO 0-2")
 
@@ -201,6 +207,7 @@ def train_loop(config: dict) -> dict:
     else:
         engine = HFEngine(model, tok, svd_cache=getattr(policy, "cache", None))
     tasks = [get_task(name) for name in cfg.task.split(",")]
+    by_name = {t.name: t for t in tasks}
     train_examples = [e for t in tasks for e in t.examples("train")]
     max_new = max(max_new_tokens_for(t, tok) for t in tasks)
     verifiers = {t.name: RewardCache(t.kind) for t in tasks}
@@ -219,7 +226,9 @@ def train_loop(config: dict) -> dict:
         t0 = time.perf_counter()
         rng = random.Random(f"{cfg.seed}|{step}|{rank}")
         examples = rng.sample(train_examples, local_prompts)
-        prompts = [format_prompt(tok, e.prompt) for e in examples]
+        systems = [rng.choice(by_name[e.task].descriptions) if cfg.describe else None
+                   for e in examples]
+        prompts = [format_prompt(tok, e.prompt, s) for e, s in zip(examples, systems)]
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if cfg.objective == "rl":
             rows = [i for i in range(len(examples)) for _ in range(cfg.samples_per_prompt)]
@@ -254,7 +263,8 @@ def train_loop(config: dict) -> dict:
             with _following(engine, policy):
                 stats["val_accuracy"] = sum(
                     (label_accuracy(engine, t, "validation", cfg.eval_n) if labels else
-                     evaluate_task(engine, t, "validation", cfg.eval_n).accuracy)
+                     evaluate_task(engine, t, "validation", cfg.eval_n,
+                                   t.descriptions[0] if cfg.describe else None).accuracy)
                     for t in tasks) / len(tasks)
         history.append(stats)
         report(stats, policy, opt, sched, step + 1, cfg.checkpoint_every, cfg.steps, rank,

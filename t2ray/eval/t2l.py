@@ -1,0 +1,266 @@
+"""The T2L table (table `t2l`): held-out instruction families, with descriptions no model saw.
+
+Every method answers the test split of each held-out family. A family's descriptions take turns
+over its test items (item i uses description i mod 5), so every description is scored once and
+every item is answered once. Methods (DESIGN.md names):
+
+- `base`: the base model, the bare input (no description).
+- `base+desc`: the base model with the description as the system turn.
+- `mt-lora`: one LoRA trained on all seen families, each prompt carrying a random description of
+  its task as the system turn; scored with the held-out description in the prompt.
+- `task-lora`: a LoRA trained on the held-out family's own train split (the oracle: it sees the
+  task's data, which no T2L does), bare input.
+- `t2l-recon-{L,M,S}`: the hypernetwork trained to reconstruct the library of per-task LoRAs of
+  the seen families (`<out>/library/`, one LoRA per family, seed 0).
+- `t2l-sft-{L,M,S}`, `t2svf`: trained end to end through the base model (T2L-SFT, text-to-SVF).
+- `t2l-random-desc`: the `t2l-sft-M` checkpoints fed random strings of the same lengths.
+
+Each trained artifact and each method's verdicts per seed are kept under `<out>`, so a rerun
+resumes where it stopped. Greedy methods with fixed weights (`base`, `base+desc`) are scored
+once. Nothing here reads a held-out family's descriptions during training, and tuning (the
+settings in configs/t2l.yaml) reads validation splits only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from tqdm import tqdm
+
+from t2ray.engines.hf import HFEngine
+from t2ray.eval.harness import score_examples
+from t2ray.eval.report import invocation, merge_results
+from t2ray.eval.seen import markdown_table
+from t2ray.eval.stats import mean_sd
+from t2ray.lora.peft_io import import_peft
+from t2ray.models import load_model
+from t2ray.rl.trainer import TrainConfig
+from t2ray.svf.ops import decompose_model
+from t2ray.t2l.encoder import DescriptionEncoder
+from t2ray.t2l.generate import T2LCheckpoint
+from t2ray.t2l.hypernet import count_trainable, lora_targets
+from t2ray.t2l.train import T2LTrainConfig, seen_instruct_tasks, train_t2l
+from t2ray.tasks import get_task
+from t2ray.tasks.instruct import instruct_tasks
+
+VARIANTS = ("L", "M", "S")
+RANDOM_DESC_SOURCE = "t2l-sft-M"
+FIXED = ("base", "base+desc")  # greedy on fixed weights: the same on every seed
+console = Console()
+
+
+def held_out_tasks() -> list[str]:
+    return [t.name for t in instruct_tasks() if not t.seen]
+
+
+def all_methods() -> list[str]:
+    return ["base", "base+desc", "mt-lora", "task-lora",
+            *(f"t2l-recon-{v}" for v in VARIANTS), *(f"t2l-sft-{v}" for v in VARIANTS),
+            "t2svf", "t2l-random-desc"]
+
+
+@dataclass
+class T2LTableConfig:
+    model: str = "tiny"
+    rank: int = 8  # every LoRA here: rank 8, alpha 16 on q_proj and v_proj (the T2L setting)
+    lora_alpha: float = 16.0
+    lora_steps: int = 80  # per-task LoRAs (library and oracle), SFT
+    lora_lr: float = 0.01
+    lora_prompts: int = 16
+    mt_steps: int = 600  # the multi-task LoRA
+    mt_lr: float = 0.003
+    sft_steps: int = 600  # T2L-SFT and text-to-SVF
+    recon_steps: int = 1000
+    t2l_lr: float = 1e-3
+    t2svf_lr: float = 1e-3
+    n_test: int | None = None  # test items per family (default: the whole split)
+    threads: int = 2
+    tasks: list[str] = field(default_factory=held_out_tasks)  # scored (held-out families)
+    train_tasks: list[str] = field(default_factory=list)  # empty: every seen family
+
+    def training_tasks(self) -> list[str]:
+        return list(self.train_tasks) or seen_instruct_tasks()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "T2LTableConfig":
+        return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
+
+    def validate(self) -> None:
+        seen = [t for t in self.tasks if get_task(t).seen]
+        if seen:
+            raise ValueError(f"the T2L table scores held-out families only, not {seen}")
+        unseen = [t for t in self.training_tasks() if not get_task(t).seen]
+        if unseen:
+            raise ValueError(f"held-out families may not be trained on: {unseen}")
+
+
+def random_description(like: str, rng: random.Random) -> str:
+    """A string of random letters and spaces as long as `like` (the random-description control)."""
+    return "".join(rng.choice(string.ascii_lowercase + " ") for _ in like).strip() or "x"
+
+
+class T2LTable:
+    def __init__(self, cfg: T2LTableConfig, out: Path):
+        cfg.validate()
+        self.cfg, self.out = cfg, Path(out)
+        self.model, self.tok = load_model(cfg.model)
+        self.svd_cache = decompose_model(cfg.model, "mlp")
+        self.engine = HFEngine(self.model, self.tok, svd_cache=self.svd_cache)
+        self._encoder = None
+
+    @property
+    def encoder(self) -> DescriptionEncoder:
+        if self._encoder is None:
+            self._encoder = DescriptionEncoder()
+        return self._encoder
+
+    # --- training (each artifact once; a rerun reuses it)
+    def _lora(self, run: Path, task: str, seed: int, steps: int, lr: float,
+              describe: bool = False) -> Path:
+        from t2ray.rl.launch import train
+
+        if not (run / "lora").exists():
+            c = self.cfg
+            train(TrainConfig(out=str(run), model=c.model, task=task, policy="lora",
+                              objective="sft", lora_rank=c.rank, lora_alpha=c.lora_alpha,
+                              describe=describe, steps=steps, prompts_per_step=c.lora_prompts,
+                              lr=lr, grad_clip=1.0, eval_every=steps, eval_n=10 if describe else 50,
+                              checkpoint_every=steps, seed=seed, threads=c.threads), workers=0)
+        return run / "lora"
+
+    def library(self) -> Path:
+        """One LoRA per seen family (seed 0): the reconstruction targets."""
+        root = self.out / "library"
+        todo = [t for t in self.cfg.training_tasks() if not (root / t).exists()]
+        for task in tqdm(todo, desc="per-task LoRA library"):
+            src = self._lora(self.out / "library-runs" / task, task, 0, self.cfg.lora_steps,
+                             self.cfg.lora_lr)
+            shutil.copytree(src, root / task)
+        return root
+
+    def checkpoint(self, method: str, seed: int) -> T2LCheckpoint:
+        run = self.out / method / f"seed{seed}"
+        if not (run / "checkpoint").exists():
+            c = self.cfg
+            if method == "t2svf":
+                t = T2LTrainConfig(variant="Z", objective="sft", steps=c.sft_steps, lr=c.t2svf_lr)
+            else:
+                _, objective, variant = method.split("-")
+                t = T2LTrainConfig(variant=variant, objective=objective, lr=c.t2l_lr,
+                                   steps=c.recon_steps if objective == "recon" else c.sft_steps,
+                                   library=str(self.library()) if objective == "recon" else None)
+            t.out, t.model, t.seed, t.threads = str(run), c.model, seed, c.threads
+            t.tasks = c.training_tasks()
+            t.rank, t.lora_alpha = c.rank, c.lora_alpha
+            t.eval_every, t.checkpoint_every = t.steps, t.steps
+            train_t2l(t, workers=0)
+        return T2LCheckpoint.load(run / "checkpoint")
+
+    # --- scoring
+    def adapters(self, method: str, seed: int, task: str) -> tuple[list, list[str | None]]:
+        """Per description of `task`: the adapter (LoRA, expert or None) and the system turn."""
+        descriptions = get_task(task).descriptions
+        none = [None] * len(descriptions)
+        if method == "base":
+            return none, none
+        if method == "base+desc":
+            return none, list(descriptions)
+        if method == "mt-lora":
+            lora = import_peft(self._lora(self.out / "mt-lora" / f"seed{seed}",
+                                          ",".join(self.cfg.training_tasks()), seed,
+                                          self.cfg.mt_steps, self.cfg.mt_lr, describe=True))
+            return [lora] * len(descriptions), list(descriptions)
+        if method == "task-lora":
+            lora = import_peft(self._lora(self.out / "task-lora" / task / f"seed{seed}", task,
+                                          seed, self.cfg.lora_steps, self.cfg.lora_lr))
+            return [lora] * len(descriptions), none
+        if method == "t2l-random-desc":
+            rng = random.Random(f"{seed}|{task}")
+            texts = [random_description(d, rng) for d in descriptions]
+            return self.checkpoint(RANDOM_DESC_SOURCE, seed).generate(self.encoder, texts), none
+        return self.checkpoint(method, seed).generate(self.encoder, descriptions,
+                                                      self.svd_cache), none
+
+    def verdicts(self, method: str, seed: int) -> dict[str, list[bool]]:
+        """{family: per-test-item verdicts}, kept in `<out>/scores/<method>/seed<k>.json`."""
+        path = self.out / "scores" / method / f"seed{seed}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        found = {}
+        for task_name in self.cfg.tasks:
+            task = get_task(task_name)
+            examples = task.examples("test", self.cfg.n_test)
+            adapters, systems = self.adapters(method, seed, task_name)
+            k = len(adapters)
+            ok = [False] * len(examples)
+            for j, (adapter, system) in enumerate(zip(adapters, systems)):
+                rows = list(range(j, len(examples), k))
+                self._adapt(adapter)
+                try:
+                    got = score_examples(self.engine, task, [examples[i] for i in rows], system)
+                finally:
+                    self.engine.reset()
+                for i, v in zip(rows, got):
+                    ok[i] = v
+            found[task_name] = ok
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(found))
+        return found
+
+    def _adapt(self, adapter) -> None:
+        if adapter is None:
+            return
+        if hasattr(adapter, "z"):
+            self.engine.set_expert(adapter)
+        else:
+            self.engine.set_lora(adapter)
+
+    def params(self, method: str) -> int:
+        if method in FIXED:
+            return 0
+        if method in ("mt-lora", "task-lora"):
+            n_layers, modules = lora_targets(self.model.config.to_dict(), ["q_proj", "v_proj"])
+            return self.cfg.rank * n_layers * sum(i + o for i, o in modules.values())
+        source = RANDOM_DESC_SOURCE if method == "t2l-random-desc" else method
+        return count_trainable(self.checkpoint(source, 0).net)
+
+
+def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[int],
+              results_json: Path | None = None) -> list[dict]:
+    bad = set(methods) - set(all_methods())
+    if bad:
+        raise ValueError(f"unknown methods {sorted(bad)}; choose from {all_methods()}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    console.print("[bold]T2L table config[/bold]", asdict(cfg))
+    command = invocation()
+    table = T2LTable(cfg, out)
+    rows = []
+    for method in methods:
+        per_seed = {s: table.verdicts(method, s) for s in (seeds[:1] if method in FIXED else seeds)}
+        params = table.params(method)
+        for task in [*cfg.tasks, "mean"]:
+            accs = [100 * (sum(sum(v) / len(v) for v in found.values()) / len(found)
+                           if task == "mean" else sum(found[task]) / len(found[task]))
+                    for found in per_seed.values()]
+            m, sd = mean_sd(accs)
+            rows.append({"table": "t2l", "task": task, "method": method, "metric": "accuracy",
+                         "mean": round(m, 2), "sd": round(sd, 2), "n_seeds": len(accs),
+                         "params": params, "command": command,
+                         "n": len(next(iter(per_seed.values()))[cfg.tasks[0]])})
+        console.print(f"{method:>16}: {rows[-1]['mean']:.1f} +- {rows[-1]['sd']:.1f}% "
+                      "mean over the held-out families")
+    (out / "table.md").write_text(markdown_table(rows))
+    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    console.print(markdown_table(rows))
+    if results_json:
+        merge_results(results_json, rows)
+    return rows

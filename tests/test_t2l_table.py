@@ -1,0 +1,96 @@
+"""The T2L table job: every method scored, nothing held out leaks into training, reruns resume."""
+
+import random
+
+import pytest
+
+from t2ray.eval.t2l import T2LTableConfig, all_methods, random_description
+from t2ray.rl.trainer import TrainConfig, train_loop
+from t2ray.tasks import get_task
+
+TRAIN = ["add-1-each", "add-2-each", "add-5-each", "keep-even", "first-word", "last-word",
+         "is-even", "sum-list"]
+
+
+def test_describe_gives_every_training_prompt_its_own_tasks_description(tmp_path, tiny_random,
+                                                                        monkeypatch):
+    import t2ray.rl.trainer as trainer
+
+    path, _ = tiny_random
+    seen_systems = []
+    real = trainer.format_prompt
+
+    def recording(tok, user, system=None):
+        seen_systems.append((user, system))
+        return real(tok, user, system)
+
+    monkeypatch.setattr(trainer, "format_prompt", recording)
+    tasks = ["keep-even", "first-word"]
+    for describe in (False, True):
+        seen_systems.clear()
+        train_loop(dict(out=str(tmp_path / f"d{describe}"), model=str(path), task=",".join(tasks),
+                        policy="lora", objective="sft", lora_rank=2, lora_alpha=4.0,
+                        describe=describe, steps=1, prompts_per_step=6, eval_every=100,
+                        threads=1))
+        assert len(seen_systems) == 6
+        systems = [s for _, s in seen_systems]
+        if not describe:
+            assert systems == [None] * 6
+            continue
+        by_input = {e.prompt: e.task for t in tasks for e in get_task(t).examples("train")}
+        for user, system in seen_systems:
+            assert system in get_task(by_input[user]).descriptions
+
+
+def test_labelled_tasks_refuse_descriptions():
+    with pytest.raises(ValueError, match="describe needs open answers"):
+        TrainConfig(task="route", describe=True, svd_cache="x").validate()
+
+
+def test_table_config_refuses_leaks():
+    with pytest.raises(ValueError, match="held-out families only"):
+        T2LTableConfig(tasks=["keep-even"]).validate()
+    with pytest.raises(ValueError, match="may not be trained on"):
+        T2LTableConfig(train_tasks=["keep-odd", "keep-even"]).validate()
+    T2LTableConfig().validate()
+    assert not any(get_task(t).seen for t in T2LTableConfig().tasks)
+
+
+def test_random_descriptions_keep_length_and_differ():
+    d = get_task("keep-odd").descriptions[0]
+    a, b = (random_description(d, random.Random(s)) for s in (0, 1))
+    assert a != d and a != b and abs(len(a) - len(d)) <= 2
+    assert a == random_description(d, random.Random(0))
+
+
+@pytest.mark.slow
+def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkeypatch):
+    from peft import LoraConfig
+
+    import t2ray.eval.t2l as t2l
+    from t2ray.lora import import_peft
+
+    path, _ = tiny_random
+    cfg = T2LTableConfig(model=str(path), lora_steps=2, mt_steps=2, sft_steps=2, recon_steps=2,
+                         n_test=10, threads=1, tasks=["keep-odd", "add-3-each"], train_tasks=TRAIN)
+    rows = t2l.t2l_table(cfg, tmp_path, all_methods(), [0, 1])
+    assert {(r["method"], r["task"]) for r in rows} == {
+        (m, t) for m in all_methods() for t in ["keep-odd", "add-3-each", "mean"]}
+    for r in rows:
+        assert r["n_seeds"] == (1 if r["method"] in t2l.FIXED else 2) and r["n"] == 10
+        assert 0 <= r["mean"] <= 100
+    # The library holds one PEFT adapter per training family, the reconstruction targets.
+    for task in TRAIN:
+        assert LoraConfig.from_pretrained(tmp_path / "library" / task).r == cfg.rank
+    lora_params = {r["params"] for r in rows if r["method"] in ("task-lora", "mt-lora")}
+    assert lora_params == {import_peft(tmp_path / "library" / TRAIN[0]).num_params}
+    # Each description of a family answers its share of the items, and every item is answered.
+    verdicts = t2l.T2LTable(cfg, tmp_path).verdicts("t2l-sft-M", 1)
+    assert {t: len(v) for t, v in verdicts.items()} == {"keep-odd": 10, "add-3-each": 10}
+
+    def no_training(*a, **k):
+        raise AssertionError("a rerun must not train again")
+
+    monkeypatch.setattr(t2l, "train_t2l", no_training)
+    monkeypatch.setattr("t2ray.rl.launch.train", no_training)
+    assert t2l.t2l_table(cfg, tmp_path, all_methods(), [0, 1]) == rows
