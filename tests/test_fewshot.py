@@ -68,3 +68,15 @@ def test_cem_search_on_tune_runs_every_member_and_selects_on_held_out_items(
 def test_unknown_searcher_is_refused():
     with pytest.raises(ValueError, match="searcher"):
         FewShotConfig(searcher="grid")
+
+
+def test_the_trial_side_imports_no_model_stack():
+    """Trial actors import `member` (the trainable and the engine actors' class); torch or
+    transformers there would cost every trial actor seconds of imports (docs/benchmarks.md)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, t2ray.adapt.member; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

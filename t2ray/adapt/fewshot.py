@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from t2ray.adapt.member import score_member
+from t2ray.adapt.member import EngineActor, score_member
 from t2ray.engines.hf import HFEngine, format_prompt
 from t2ray.engines.scoring import answer_logprobs
 from t2ray.eval.harness import max_new_tokens_for
@@ -141,13 +141,13 @@ def _search_alg(cfg: FewShotConfig, dim: int, n_experts: int):
 
 
 def start_scorers(model: str, svd_cache: str, expert_dirs: list, cfg: FewShotConfig) -> list:
-    """`cfg.concurrency` ShotScorer actors, to share between searches (model loading is slow).
+    """`cfg.concurrency` engine actors (ShotScorers), to share between searches (model loading is slow).
 
     The actors reserve no CPU themselves: a trial reserves `threads_per_trial` CPUs while it
     holds an actor, so Tune's resource accounting covers the work the actor does for it."""
     import ray
 
-    scorer = ray.remote(ShotScorer).options(num_cpus=0)
+    scorer = ray.remote(EngineActor).options(num_cpus=0)
     return [scorer.remote(model, svd_cache, [str(d) for d in expert_dirs], cfg.threads_per_trial)
             for _ in range(cfg.concurrency)]
 

@@ -1,12 +1,29 @@
-"""One few-shot population member as a Ray Tune trial.
+"""The trial side of the few-shot search: one population member per Ray Tune trial.
 
-Kept apart from `fewshot.py` on purpose: a trial only borrows an engine actor and forwards alpha
-to it, so its module imports Ray alone. Tune's trial actors import the trainable's module; with
-torch and transformers behind it each trial actor would spend seconds importing a model stack it
-never uses, on the same cores the engine actors need.
+Kept apart from `fewshot.py` on purpose, and importing Ray alone. Tune's trial actors import the
+trainable's module, and unpickling an actor handle imports the module of the actor's class; if
+either pulled in torch and transformers, every trial actor would spend seconds importing a model
+stack it never uses, on the cores the engine actors need (measured in docs/benchmarks.md). So
+trials run `score_member` from here and hold handles of `EngineActor`, which imports the scorer
+only inside its own process.
 """
 
 from __future__ import annotations
+
+
+class EngineActor:
+    """A `ShotScorer` behind a Ray actor: one model copy, lent to one trial at a time."""
+
+    def __init__(self, *args):
+        from t2ray.adapt.fewshot import ShotScorer
+
+        self.scorer = ShotScorer(*args)
+
+    def set_task(self, task: str, shots: int, select: int) -> None:
+        self.scorer.set_task(task, shots, select)
+
+    def score(self, alpha: list[float], on: str = "shots") -> dict:
+        return self.scorer.score(alpha, on)
 
 
 def score_member(config: dict, pool, dim: int) -> None:
