@@ -69,8 +69,8 @@ def main() -> None:
     enc_median, _ = time_ms(lambda: encoder.model.encode(["Sort the numbers in ascending order."]),
                             args.repeats)
     body = ("One description, rank 8 on q_proj and v_proj, CPU fp32, median and best of "
-            f"{args.repeats} runs (the machine was shared with training runs: absolute times "
-            "are indicative only). Target: < 50 ms for the tiny base.\n\n"
+            f"{args.repeats} runs (CPU times on a 2-core machine are indicative only). "
+            "Target: < 50 ms for the tiny base.\n\n"
             "| base shapes | variant | LoRA matrices (layers x modules) | generated values | "
             "median (ms) | best (ms) |\n|---|---|---|---|---|---|\n" + "\n".join(rows) +
             f"\n\nEncoding the description (MiniLM, uncached): median {enc_median:.1f} ms.\n")

@@ -258,9 +258,23 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
                          "n": len(next(iter(per_seed.values()))[cfg.tasks[0]])})
         console.print(f"{method:>16}: {rows[-1]['mean']:.1f} +- {rows[-1]['sd']:.1f}% "
                       "mean over the held-out families")
-    (out / "table.md").write_text(markdown_table(rows))
+    text = summary_table(rows) + "\n" + markdown_table(rows)
+    (out / "table.md").write_text(text)
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
-    console.print(markdown_table(rows))
+    console.print(text)
     if results_json:
         merge_results(results_json, rows)
     return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One line per method: parameters, the mean over held-out families (mean +- sd over
+    seeds) and that mean as a share of the per-task (oracle) LoRAs' when they were scored."""
+    means = {r["method"]: r for r in rows if r["task"] == "mean"}
+    oracle = means.get("task-lora", {}).get("mean")
+    lines = ["| method | params | held-out mean (%) | of task-lora |", "|---|---|---|---|"]
+    for method, r in means.items():
+        share = f"{100 * r['mean'] / oracle:.0f}%" if oracle else ""
+        lines.append(f"| {method} | {r['params']:,} | {r['mean']:.1f} +- {r['sd']:.1f} "
+                     f"({r['n_seeds']} seeds) | {share} |")
+    return "\n".join(lines) + "\n"
