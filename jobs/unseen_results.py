@@ -39,7 +39,8 @@ args = parser.parse_args()
 
 fields = yaml.safe_load(Path(args.config).read_text())
 overrides = (fields.pop("methods", {}) or {}).get("svf-rl", {})
-fields.pop("tasks", None)
+# the classifier's own settings (chosen on the route task's validation split), if any
+overrides.update(((fields.pop("tasks", {}) or {}).get(CLASSIFIER) or {}).get("svf-rl", {}))
 cache = decompose_model(args.model, "mlp")
 base_cfg = TrainConfig(**{**fields, **overrides}, model=args.model, svd_cache=str(cache.root))
 seen, out = Path(args.seen), Path(args.out)
