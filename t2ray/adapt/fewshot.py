@@ -64,7 +64,7 @@ def alpha_mixture(experts: list[ExpertVector], alpha: list[float]) -> ExpertVect
 
 
 class ShotScorer:
-    """Scores mixtures of experts on fixed examples of a task. Runs as a Ray actor in searches."""
+    """Scores mixtures of experts on fixed examples of a task (inside an `EngineActor` in searches)."""
 
     def __init__(self, model: str, svd_cache: str, expert_dirs: list[str], threads: int = 1):
         torch.set_num_threads(threads)
