@@ -42,10 +42,11 @@ from t2ray.eval.stats import mean_sd
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
 from t2ray.rl.trainer import TrainConfig
+from t2ray.svf.expert import ExpertVector
 from t2ray.svf.ops import decompose_model
 from t2ray.t2l.encoder import DescriptionEncoder
 from t2ray.t2l.generate import T2LCheckpoint
-from t2ray.t2l.hypernet import count_trainable, lora_targets
+from t2ray.t2l.hypernet import count_trainable
 from t2ray.t2l.train import T2LTrainConfig, seen_instruct_tasks, train_t2l
 from t2ray.tasks import get_task
 from t2ray.tasks.instruct import instruct_tasks
@@ -114,6 +115,12 @@ class T2LTable:
         self.svd_cache = decompose_model(cfg.model, "mlp")
         self.engine = HFEngine(self.model, self.tok, svd_cache=self.svd_cache)
         self._encoder = None
+        self._last: tuple = (None, None)  # the adapter source loaded last: every family reuses it
+
+    def _load_once(self, key: Path, load):
+        if self._last[0] != key:
+            self._last = (key, load())
+        return self._last[1]
 
     @property
     def encoder(self) -> DescriptionEncoder:
@@ -161,7 +168,19 @@ class T2LTable:
             t.rank, t.lora_alpha = c.rank, c.lora_alpha
             t.eval_every, t.checkpoint_every = t.steps, t.steps
             train_t2l(t, workers=0)
-        return T2LCheckpoint.load(run / "checkpoint")
+        return self._load_once(run, lambda: T2LCheckpoint.load(run / "checkpoint"))
+
+    def lora(self, method: str, seed: int, task: str):
+        """The trained LoRA of `mt-lora` (all training families) or `task-lora` (`task`)."""
+        c = self.cfg
+        if method == "mt-lora":
+            run = self.out / "mt-lora" / f"seed{seed}"
+            path = self._lora(run, ",".join(c.training_tasks()), seed, c.mt_steps, c.mt_lr,
+                              describe=True)
+        else:
+            run = self.out / "task-lora" / task / f"seed{seed}"
+            path = self._lora(run, task, seed, c.lora_steps, c.lora_lr)
+        return self._load_once(run, lambda: import_peft(path))
 
     # --- scoring
     def adapters(self, method: str, seed: int, task: str) -> tuple[list, list[str | None]]:
@@ -173,14 +192,9 @@ class T2LTable:
         if method == "base+desc":
             return none, list(descriptions)
         if method == "mt-lora":
-            lora = import_peft(self._lora(self.out / "mt-lora" / f"seed{seed}",
-                                          ",".join(self.cfg.training_tasks()), seed,
-                                          self.cfg.mt_steps, self.cfg.mt_lr, describe=True))
-            return [lora] * len(descriptions), list(descriptions)
+            return [self.lora(method, seed, task)] * len(descriptions), list(descriptions)
         if method == "task-lora":
-            lora = import_peft(self._lora(self.out / "task-lora" / task / f"seed{seed}", task,
-                                          seed, self.cfg.lora_steps, self.cfg.lora_lr))
-            return [lora] * len(descriptions), none
+            return [self.lora(method, seed, task)] * len(descriptions), none
         if method == "t2l-random-desc":
             rng = random.Random(f"{seed}|{task}")
             texts = [random_description(d, rng) for d in descriptions]
@@ -217,7 +231,7 @@ class T2LTable:
     def _adapt(self, adapter) -> None:
         if adapter is None:
             return
-        if hasattr(adapter, "z"):
+        if isinstance(adapter, ExpertVector):
             self.engine.set_expert(adapter)
         else:
             self.engine.set_lora(adapter)
@@ -226,8 +240,7 @@ class T2LTable:
         if method in FIXED:
             return 0
         if method in ("mt-lora", "task-lora"):
-            n_layers, modules = lora_targets(self.model.config.to_dict(), ["q_proj", "v_proj"])
-            return self.cfg.rank * n_layers * sum(i + o for i, o in modules.values())
+            return self.lora(method, 0, self.cfg.tasks[0]).num_params
         source = RANDOM_DESC_SOURCE if method == "t2l-random-desc" else method
         return count_trainable(self.checkpoint(source, 0).net)
 
