@@ -60,6 +60,46 @@ def test_group_baseline():
         ReinforceConfig(baseline="group", group_size=1)
 
 
+def test_weighted_group_baseline_is_the_expected_reward():
+    cfg = ReinforceConfig(baseline="group", group_size=2)
+    adv = advantages(torch.tensor([1.0, -1.0, -1.0, 1.0]), cfg, torch.tensor([0.75, 0.25, 0.5, 0.5]))
+    assert adv.tolist() == [0.5, -1.5, -1.0, 1.0]
+
+
+def test_enumerated_label_rollouts_give_the_exact_expected_gradient():
+    """Every label of a closed set as one rollout, weighted by its probability, with the expected
+    reward as baseline: the loss's gradient is minus the gradient of E_p[r], computed in float64
+    by autograd through p itself (p = softmax over the labels of log pi(label | prompt))."""
+    torch.manual_seed(0)
+    n_prompts, vocab, labels = 3, 11, torch.tensor([2, 5, 7, 9])
+    k = len(labels)
+    prompt_logits = torch.randn(n_prompts, vocab, dtype=torch.float64, requires_grad=True)
+    rewards = torch.tensor([[1.0, -1.0, -1.0, -1.0], [-1.0, -1.0, 1.0, -1.0],
+                            [-1.0, 1.0, -1.0, -1.0]], dtype=torch.float64)
+    # rollout (prompt i, label j) is the sequence [prompt token, label j]; only the label is
+    # completion, so log pi(rollout) = log_softmax(prompt_logits[i])[label j]
+    ids = torch.stack([torch.tensor([0, int(labels[j])]) for _ in range(n_prompts)
+                       for j in range(k)])
+    mask = torch.tensor([[0, 1]] * (n_prompts * k))
+    logits = torch.stack([prompt_logits.repeat_interleave(k, 0),
+                          torch.zeros(n_prompts * k, vocab, dtype=torch.float64)], 1)
+    label_logp = torch.log_softmax(prompt_logits, -1)[:, labels]
+    probs = torch.softmax(label_logp, -1)
+    expected_reward = (probs * rewards).sum(-1).mean()
+    cfg = ReinforceConfig(baseline="group", group_size=k)
+    loss, stats = reinforce_loss(logits, ids, mask, rewards.flatten(), cfg,
+                                 weights=probs.detach().flatten())
+    (g,) = torch.autograd.grad(loss, prompt_logits)
+    (g_ref,) = torch.autograd.grad(-expected_reward, prompt_logits)
+    assert torch.allclose(g.double(), g_ref, atol=1e-6)
+    assert stats["reward_mean"] == pytest.approx(expected_reward.item(), abs=1e-6)
+    # uniform weights are the unweighted loss
+    flat = rewards.flatten()
+    plain, _ = reinforce_loss(logits, ids, mask, flat, cfg)
+    uniform, _ = reinforce_loss(logits, ids, mask, flat, cfg, weights=torch.full_like(flat, 1 / k))
+    assert uniform.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
 def test_sft_loss_counts_completion_tokens_only():
     logits = torch.zeros(1, 4, 5)
     ids = torch.tensor([[0, 1, 2, 3]])

@@ -167,3 +167,25 @@ def test_rl_on_a_closed_label_set_samples_labels(tmp_path, tiny_model):
     assert 0 <= result["history"][-1]["val_accuracy"] <= 1
     with pytest.raises(ValueError, match="closed label set"):
         TrainConfig(task="route,math", svd_cache="x").validate()
+
+
+def test_enumerated_label_rollouts_always_carry_a_gradient(tmp_path):
+    """With every label scored and weighted by its probability, no step is lost to a group whose
+    samples all drew the same label (the sampled classifier's zero-gradient steps)."""
+    from t2ray.svf.ops import decompose_model
+
+    result = train_loop(asdict(TrainConfig(
+        out=str(tmp_path / "route"), task="route", svd_cache=str(decompose_model("tiny", "mlp").root),
+        steps=3, prompts_per_step=4, samples_per_prompt=1, baseline="group", label_rollouts="all",
+        eval_every=3, eval_n=4, threads=1)))
+    history = result["history"]
+    assert all(h["grad_norm"] > 0 for h in history)
+    assert all(-1 <= h["reward_mean"] <= 1 for h in history)
+    assert 0 <= history[-1]["val_accuracy"] <= 1
+    for bad, match in [(dict(task="math"), "closed label set"),
+                       (dict(samples_per_prompt=4), "samples_per_prompt"),
+                       (dict(temperature=0.0), "temperature"),
+                       (dict(label_rollouts="some"), "'sample' or 'all'")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**{"task": "route", "svd_cache": "x", "label_rollouts": "all", **bad}
+                        ).validate()

@@ -4,7 +4,10 @@
 
 log pi(y|x) is the sum of the completion's token log-probs (the reference) or their mean
 (`logprob_reduction="mean"`); r~ is the reward itself (the reference, rewards +-1) or the reward
-minus its group's mean when several samples are drawn per prompt (`baseline="group"`). The KL is
+minus its group's mean when several samples are drawn per prompt (`baseline="group"`). Rollouts
+may carry weights instead of being samples: every answer of a closed set, weighted by its
+probability, gives the expected gradient over that set, and the group baseline becomes the
+expected reward. The KL is
 the exact per-token KL over the vocabulary at the rollout positions, averaged over completion
 tokens; the base policy's logits come from the same model with the expert switched off, so no
 second model copy is held.
@@ -39,22 +42,31 @@ def completion_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.
         -1, input_ids[:, 1:, None]).squeeze(-1)
 
 
-def advantages(rewards: torch.Tensor, cfg: ReinforceConfig) -> torch.Tensor:
+def advantages(rewards: torch.Tensor, cfg: ReinforceConfig,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Rewards minus their group's (weighted) mean; `weights` of one group sum to 1."""
     if cfg.baseline == "none":
         return rewards
     if rewards.numel() % cfg.group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {cfg.group_size}")
     groups = rewards.view(-1, cfg.group_size)
-    return (groups - groups.mean(dim=1, keepdim=True)).view(-1)
+    if weights is None:
+        baseline = groups.mean(dim=1, keepdim=True)
+    else:
+        baseline = (weights.view(-1, cfg.group_size) * groups).sum(dim=1, keepdim=True)
+    return (groups - baseline).view(-1)
 
 
 def reinforce_loss(policy_logits: torch.Tensor, input_ids: torch.Tensor,
                    completion_mask: torch.Tensor, rewards: torch.Tensor, cfg: ReinforceConfig,
-                   base_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                   base_logits: torch.Tensor | None = None,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Loss and statistics for a batch of rollouts.
 
     `input_ids` (B, T) are prompt + completion token ids exactly as generated (never
     re-tokenised text); `completion_mask` (B, T) is 1 on completion tokens (eos included).
+    `weights` (B,), detached, summing to 1 over each prompt's rows, are the rollouts'
+    probabilities when they enumerate a closed answer set; without them every row counts once.
     """
     mask = completion_mask[:, 1:].float()
     token_logp = completion_logprobs(policy_logits, input_ids) * mask
@@ -62,10 +74,12 @@ def reinforce_loss(policy_logits: torch.Tensor, input_ids: torch.Tensor,
     seq_logp = token_logp.sum(dim=1)
     if cfg.logprob_reduction == "mean":
         seq_logp = seq_logp / n_tokens
-    adv = advantages(rewards.float(), cfg)
-    pg_loss = -(adv * seq_logp).mean()
-    stats = {"pg_loss": pg_loss.item(), "reward_mean": rewards.float().mean().item(),
-             "accuracy": (rewards > 0).float().mean().item(),
+    rewards = rewards.to(seq_logp.dtype)
+    w = torch.ones_like(rewards) if weights is None else weights.to(seq_logp.dtype).detach()
+    adv = advantages(rewards, cfg, weights=None if weights is None else w)
+    pg_loss = -(w * adv * seq_logp).sum() / w.sum()
+    stats = {"pg_loss": pg_loss.item(), "reward_mean": ((w * rewards).sum() / w.sum()).item(),
+             "accuracy": ((w * (rewards > 0)).sum() / w.sum()).item(),
              "completion_tokens": int(mask.sum().item())}
     loss = pg_loss
     if base_logits is not None:

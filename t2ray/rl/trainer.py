@@ -59,6 +59,10 @@ class TrainConfig:
     prompts_per_step: int = 32  # over all workers
     samples_per_prompt: int = 1
     temperature: float = 1.0  # 0 = greedy rollouts (the reference)
+    # Closed label sets only: "sample" draws samples_per_prompt labels per prompt; "all" scores
+    # every label once, weighted by its probability at `temperature` (the expected gradient over
+    # the set, so a prompt whose samples would all draw one label still teaches something).
+    label_rollouts: str = "sample"
     kl_coef: float = 0.0
     baseline: str = "none"
     logprob_reduction: str = "sum"
@@ -96,6 +100,18 @@ class TrainConfig:
                              "answers")
         if all(labelled) and self.deepspeed_stage == 3:
             raise ValueError("label-set rollouts score through the HF engine; use ZeRO 0-2")
+        if self.label_rollouts not in ("sample", "all"):
+            raise ValueError(f"label_rollouts must be 'sample' or 'all', not "
+                             f"{self.label_rollouts!r}")
+        if self.label_rollouts == "all":
+            if not all(labelled):
+                raise ValueError("label_rollouts 'all' needs tasks with a closed label set")
+            if self.samples_per_prompt != 1:
+                raise ValueError("label_rollouts 'all' scores every label once per prompt; set "
+                                 "samples_per_prompt to 1")
+            if self.temperature <= 0:
+                raise ValueError("label_rollouts 'all' weights labels by their probability; it "
+                                 "needs temperature > 0")
 
 
 def _build_policy(cfg: TrainConfig, model) -> torch.nn.Module:
@@ -115,19 +131,29 @@ def _optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, object]
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
 
 
-def sample_labels(engine: HFEngine, questions: list[str], labels: tuple[str, ...],
-                  temperature: float, seed: int) -> list[Completion]:
-    """Rollouts on a closed answer set: each label drawn with probability proportional to
-    p(label + eos | question)^(1/T) under the engine's current weights (greedy at T = 0)."""
+def label_distribution(engine: HFEngine, questions: list[str], labels: tuple[str, ...],
+                       temperature: float) -> torch.Tensor:
+    """(B, K): p(label | question) proportional to p(label + eos | question)^(1/T) over the
+    closed set, under the engine's current weights; one-hot on the best label at T = 0."""
     scores = label_logprobs(engine.model, engine.tokenizer, questions, list(labels))
     if temperature > 0:
-        g = torch.Generator().manual_seed(seed)
-        picks = torch.multinomial(torch.softmax(scores / temperature, -1), 1, generator=g)[:, 0]
-    else:
-        picks = scores.argmax(-1)
-    tok = engine.tokenizer
+        return torch.softmax(scores / temperature, -1)
+    return torch.nn.functional.one_hot(scores.argmax(-1), len(labels)).to(scores.dtype)
+
+
+def label_completions(tok, labels: tuple[str, ...], picks: list[int]) -> list[Completion]:
     return [Completion(labels[i], tok(labels[i], add_special_tokens=False)["input_ids"])
-            for i in picks.tolist()]
+            for i in picks]
+
+
+def sample_labels(engine: HFEngine, questions: list[str], labels: tuple[str, ...],
+                  temperature: float, seed: int, per_question: int = 1) -> list[Completion]:
+    """Rollouts on a closed answer set: `per_question` labels per question (adjacent), each
+    drawn from `label_distribution` (greedy at T = 0)."""
+    probs = label_distribution(engine, questions, labels, temperature)
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.multinomial(probs, per_question, replacement=True, generator=g)
+    return label_completions(engine.tokenizer, labels, picks.flatten().tolist())
 
 
 def label_accuracy(engine: HFEngine, task, split: str, n: int) -> float:
@@ -214,8 +240,10 @@ def train_loop(config: dict) -> dict:
     labels = tasks[0].labels  # all tasks of a run have one, or none do (validate)
     start_step = resume(policy, opt, sched, ds_engine)
     local_prompts = max(1, cfg.prompts_per_step // world)
-    rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, cfg.samples_per_prompt,
-                             cfg.logprob_reduction)
+    rl_cfg = ReinforceConfig(
+        cfg.kl_coef, cfg.baseline,
+        len(labels) if cfg.label_rollouts == "all" else cfg.samples_per_prompt,
+        cfg.logprob_reduction)
     history: list[dict] = []
 
     # --- loop
@@ -231,12 +259,19 @@ def train_loop(config: dict) -> dict:
         prompts = [format_prompt(tok, e.prompt, s) for e, s in zip(examples, systems)]
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if cfg.objective == "rl":
-            rows = [i for i in range(len(examples)) for _ in range(cfg.samples_per_prompt)]
+            per_prompt = len(labels) if cfg.label_rollouts == "all" else cfg.samples_per_prompt
+            rows = [i for i in range(len(examples)) for _ in range(per_prompt)]
             seed = cfg.seed * 100_003 + step * 101 + rank
+            weights = None
             with _following(engine, policy):
-                if labels:
-                    completions = sample_labels(engine, [examples[i].prompt for i in rows],
-                                                labels, cfg.temperature, seed)
+                if labels and cfg.label_rollouts == "all":
+                    weights = label_distribution(engine, [e.prompt for e in examples], labels,
+                                                 cfg.temperature).flatten()
+                    completions = label_completions(tok, labels,
+                                                    list(range(len(labels))) * len(examples))
+                elif labels:
+                    completions = sample_labels(engine, [e.prompt for e in examples], labels,
+                                                cfg.temperature, seed, cfg.samples_per_prompt)
                 else:
                     completions = engine.generate([prompts[i] for i in rows], max_new,
                                                   temperature=cfg.temperature, seed=seed)
@@ -247,7 +282,8 @@ def train_loop(config: dict) -> dict:
                 [c.token_ids + [tok.eos_token_id] for c in completions], tok.pad_token_id)
             logits = (ds_engine or policy)(ids, attn)
             base = policy.base_logits(ids, attn) if cfg.kl_coef > 0 else None
-            loss, stats = reinforce_loss(logits, ids, comp, rewards, rl_cfg, base_logits=base)
+            loss, stats = reinforce_loss(logits, ids, comp, rewards, rl_cfg, base_logits=base,
+                                         weights=weights)
         else:
             answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
                        for e in examples]
