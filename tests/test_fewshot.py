@@ -1,6 +1,7 @@
 """Few-shot mixture search on Ray Tune: shared engine actors, parallel trials, disjoint data."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -62,6 +63,13 @@ def test_cem_search_on_tune_runs_every_member_and_selects_on_held_out_items(
     best = [h["best_accuracy"] for h in result.history]
     assert best == sorted(best)  # the incumbent carries over
     assert result.selection_accuracy is not None
+    # every member is kept in the result, in suggestion order, instead of Tune's per-trial logs
+    assert [(m["generation"], m["member"]) for m in result.members] == [
+        (g, k) for g in range(2) for k in range(4)]
+    assert result.alpha in [m["alpha"] for m in result.members]
+    assert max(m["accuracy"] for m in result.members) == result.history[-1]["best_accuracy"]
+    assert not list(tmp_path.rglob("progress.csv")) and not list(tmp_path.rglob("events.out*"))
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
     json.dumps(result.as_dict())
 
 

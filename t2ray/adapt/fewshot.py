@@ -13,7 +13,9 @@ split is never seen here - the reference selected partly on its test remainder.
 from __future__ import annotations
 
 import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,6 +110,7 @@ class FewShotResult:
     shots_accuracy: float
     selection_accuracy: float | None
     history: list[dict]  # per generation: best and mean accuracy so far
+    members: list[dict]  # every trial in suggestion order: alpha, accuracy, loglik
     trials: int
     seconds: float
     score_seconds: float  # spent scoring members in the engine actors, summed over trials
@@ -138,6 +141,23 @@ def _search_alg(cfg: FewShotConfig, dim: int, n_experts: int):
                                     for i in range(dim)})
     return NevergradSearch(ng.optimizers.CMA, space=space, metric="fitness", mode="max",
                            points_to_evaluate=start)
+
+
+@contextmanager
+def _without_trial_logs():
+    """Tune writes JSON, CSV and TensorBoard logs for every trial by default; a member is one
+    short trial, and those writes cost more than its scoring on a small machine (measured in
+    docs/benchmarks.md). `FewShotResult.members` keeps what they would hold."""
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
 
 
 def start_scorers(model: str, svd_cache: str, expert_dirs: list, cfg: FewShotConfig) -> list:
@@ -182,7 +202,8 @@ def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str
         run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()),
                                   name=f"fewshot-{task}", verbose=0),
     )
-    grid = tuner.fit()
+    with _without_trial_logs():
+        grid = tuner.fit()
     done = [r for r in grid if r.metrics and "accuracy" in r.metrics]
     if not done:
         raise RuntimeError(f"few-shot search on {task!r}: no trial reported ({grid.errors[:1]})")
@@ -209,6 +230,9 @@ def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str
     if own:
         for a in actors:
             ray.kill(a)
+    members = [{"generation": r.config.get("generation"), "member": r.config.get("member"),
+                "alpha": m["alpha"], "accuracy": m["accuracy"], "loglik": m["loglik"]}
+               for r, m in zip(done, rows)]
     return FewShotResult(task, list(chosen["alpha"]), chosen["accuracy"], selection_accuracy,
-                         history, len(rows), time.perf_counter() - t0,
+                         history, members, len(rows), time.perf_counter() - t0,
                          sum(m["score_seconds"] for m in rows), asdict(cfg))
