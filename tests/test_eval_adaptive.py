@@ -32,7 +32,7 @@ def test_library_per_seed_or_shared(library, tmp_path):
     assert library_for_seed(tmp_path, 3).root == tmp_path
 
 
-def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path):
+def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path, monkeypatch):
     path, cache = tiny_random
     strategies = ["none", "expert", "prompt", "classifier"]
     rows = run_eval(str(path), library, ["reasoning", "math-hard"], strategies, [0, 1],
@@ -50,6 +50,20 @@ def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path):
     assert all(sum(s["routed"].values()) == 6 for s in scores if s["strategy"] == "classifier")
     assert (tmp_path / "table.md").read_text().startswith("| task | method")
     assert json.loads((tmp_path / "r.json").read_text())[0]["table"] == "unseen"
+
+    # a rerun reuses every kept score; other settings are scored afresh
+    import t2ray.eval.adaptive as adaptive
+
+    calls = []
+    real = adaptive.evaluate_strategy
+    monkeypatch.setattr(adaptive, "evaluate_strategy",
+                        lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    again = run_eval(str(path), library, ["reasoning", "math-hard"], strategies, [0, 1],
+                     tmp_path, str(cache.root), n_test=6)
+    assert calls == [] and again == [{**r, "command": again[0]["command"]} for r in rows]
+    run_eval(str(path), library, ["reasoning"], ["expert"], [0], tmp_path, str(cache.root),
+             n_test=4)
+    assert calls == ["expert"]
 
 
 def test_lora_strategy_scores_the_family_adapter(tiny_model, tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -122,19 +122,29 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
     for seed in seeds:
         lib = library_for_seed(experts, seed)
         fs = replace(fewshot, seed=seed)
-        # one set of engine actors per expert library, shared by the searches of all tasks
-        scorers = start_scorers(model, svd_cache, [lib.root / c for c in EXPERT_CATEGORIES],
-                                fs) if "fewshot" in strategies else None
+        scorers = None  # engine actors, started on the first search and shared by all tasks
         for task_name in tasks:
             for strategy in strategies:
                 t0 = time.perf_counter()
+                # each score is kept as it is made, so a long sweep resumes where it stopped
+                kept = out / "scores" / f"seed{seed}" / f"{task_name}-{strategy}.json"
+                settings = {"n_test": n_test, "fewshot": asdict(fs) if strategy == "fewshot"
+                            else None}
                 earlier = next((x for x in scores if (x.task, x.strategy) == (task_name, "none")),
                                None)
-                if strategy == "none" and earlier is not None:
+                if kept.exists() and json.loads(kept.read_text())["settings"] == settings:
+                    s = StrategyScore(**json.loads(kept.read_text())["score"])
+                    console.print(f"[dim]reusing {kept}[/dim]")
+                elif strategy == "none" and earlier is not None:
                     s = replace(earlier, seed=seed)  # greedy base weights: the same every seed
                 else:
+                    if strategy == "fewshot" and scorers is None:
+                        scorers = start_scorers(model, svd_cache,
+                                                [lib.root / c for c in EXPERT_CATEGORIES], fs)
                     s = evaluate_strategy(engine, lib, task_name, strategy, seed, n_test, fs,
                                           model, out / "tune", scorers, verify[task_name])
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    kept.write_text(json.dumps({"settings": settings, "score": s.__dict__}))
                 scores.append(s)
                 console.print(f"seed {seed} {task_name:>15} {strategy:>10}: "
                               f"{100 * s.accuracy:.1f}% ({time.perf_counter() - t0:.0f} s)")
