@@ -32,6 +32,8 @@ parser.add_argument("--n-test", type=int, help="test items per family (default: 
 parser.add_argument("--population", type=int, default=32)
 parser.add_argument("--generations", type=int, default=10)
 parser.add_argument("--concurrency", type=int, default=2)
+parser.add_argument("--per-matrix", action="store_true", help="one alpha per expert x matrix")
+parser.add_argument("--searcher", default="cem", help="cem, optuna-cmaes or nevergrad")
 parser.add_argument("--out", default="runs/unseen", help="route experts and libraries")
 parser.add_argument("--tables", help="where scores, tables and plots go (default: --out)")
 parser.add_argument("--results", default="docs/results.json")
@@ -61,7 +63,8 @@ for seed in seeds:
             shutil.copytree(seen / family / "lora-rl" / f"seed{seed}" / "lora", dst)
 
 fewshot = FewShotConfig(population=args.population, generations=args.generations,
-                        concurrency=args.concurrency)
+                        concurrency=args.concurrency, per_matrix=args.per_matrix,
+                        searcher=args.searcher)
 if "fewshot" in args.strategies.split(","):
     ray.init(num_cpus=max(2, args.concurrency), include_dashboard=False, log_to_driver=False)
 run_eval(args.model, out / "library", list(CORE_UNSEEN), args.strategies.split(","), seeds,

@@ -92,3 +92,14 @@ def test_unknown_strategy_is_refused(tiny_random, library, tmp_path):
     with pytest.raises(ValueError, match="unknown strategies"):
         run_eval(str(path), library, ["math"], ["magic"], [0], tmp_path, str(cache.root))
     assert "fewshot" in STRATEGIES
+
+
+def test_fewshot_variants_are_named_apart_in_results():
+    from t2ray.adapt.fewshot import FewShotConfig
+    from t2ray.eval.adaptive import method_name
+
+    assert method_name("fewshot", FewShotConfig()) == "fewshot"
+    assert method_name("fewshot", FewShotConfig(per_matrix=True)) == "fewshot-per-matrix"
+    assert method_name("fewshot", FewShotConfig(per_matrix=True, searcher="nevergrad")) == \
+        "fewshot-per-matrix-nevergrad"
+    assert method_name("classifier", FewShotConfig(per_matrix=True)) == "classifier"

@@ -154,7 +154,7 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
             for a in scorers:
                 ray.kill(a)
     (out / "scores.json").write_text(json.dumps([s.__dict__ for s in scores], indent=1))
-    rows = _rows(scores, table, command)
+    rows = _rows(scores, table, command, fewshot)
     _print(rows)
     (out / "table.md").write_text(markdown_table(rows))
     if any(s.alpha for s in scores):
@@ -164,14 +164,25 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
     return rows
 
 
-def _rows(scores: list[StrategyScore], table: str, command: str) -> list[dict]:
+def method_name(strategy: str, fewshot: FewShotConfig) -> str:
+    """The results.json method: few-shot variants other than CEM over one alpha per expert are
+    named apart (`fewshot-per-matrix`, `fewshot-nevergrad`, ...), so their rows never merge."""
+    name = METHOD_NAMES[strategy]
+    if strategy == "fewshot":
+        name += "-per-matrix" * fewshot.per_matrix
+        name += f"-{fewshot.searcher}" * (fewshot.searcher != "cem")
+    return name
+
+
+def _rows(scores: list[StrategyScore], table: str, command: str,
+          fewshot: FewShotConfig) -> list[dict]:
     rows = []
     keys = dict.fromkeys((s.task, s.strategy) for s in scores)
     for task, strategy in keys:
         group = [s for s in scores if (s.task, s.strategy) == (task, strategy)]
         mean, sd = mean_sd([100 * s.accuracy for s in group])
         shares = [s.first_pass_share for s in group if s.first_pass_share is not None]
-        rows.append({"table": table, "task": task, "method": METHOD_NAMES[strategy],
+        rows.append({"table": table, "task": task, "method": method_name(strategy, fewshot),
                      "metric": "accuracy", "mean": round(mean, 2), "sd": round(sd, 2),
                      "n_seeds": len(group), "params": None, "command": command,
                      "n": group[0].n, "seeds": [round(100 * s.accuracy, 2) for s in group],
