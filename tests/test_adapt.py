@@ -27,7 +27,9 @@ def _expert(cache, scale: float, task: str) -> ExpertVector:
 def test_label_scores_equal_one_sequence_at_a_time_in_float64(engine):
     model, tok = engine.model, engine.tokenizer
     prompts, labels = ["What is 2+3?", "def f(x): pass"], ["math", "code", "other"]
-    got = label_logprobs(model, tok, prompts, labels, batch_size=4)  # padded, split batches
+    # padded, split batches
+    got = label_logprobs(model, tok, prompts, labels, batch_size=4, per_token=False)
+    per_token = label_logprobs(model, tok, prompts, labels, batch_size=4)
     ref_model = model.double()
     try:
         for i, p in enumerate(prompts):
@@ -38,6 +40,7 @@ def test_label_scores_equal_one_sequence_at_a_time_in_float64(engine):
                 logp = torch.log_softmax(ref_model(input_ids=ids).logits[0], -1)
                 want = sum(logp[len(ctx) + k - 1, t] for k, t in enumerate(ans))
                 assert got[i, j].item() == pytest.approx(want.item(), abs=1e-4)
+                assert per_token[i, j].item() == pytest.approx(want.item() / len(ans), abs=1e-4)
     finally:
         model.float()
 

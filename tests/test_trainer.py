@@ -177,7 +177,7 @@ def test_enumerated_label_rollouts_always_carry_a_gradient(tmp_path):
     result = train_loop(asdict(TrainConfig(
         out=str(tmp_path / "route"), task="route", svd_cache=str(decompose_model("tiny", "mlp").root),
         steps=3, prompts_per_step=4, samples_per_prompt=1, baseline="group", label_rollouts="all",
-        eval_every=3, eval_n=4, threads=1)))
+        logprob_reduction="mean", eval_every=3, eval_n=4, threads=1)))
     history = result["history"]
     assert all(h["grad_norm"] > 0 for h in history)
     assert all(-1 <= h["reward_mean"] <= 1 for h in history)
@@ -185,7 +185,8 @@ def test_enumerated_label_rollouts_always_carry_a_gradient(tmp_path):
     for bad, match in [(dict(task="math"), "closed label set"),
                        (dict(samples_per_prompt=4), "samples_per_prompt"),
                        (dict(temperature=0.0), "temperature"),
+                       (dict(logprob_reduction="sum"), "logprob_reduction"),
                        (dict(label_rollouts="some"), "'sample' or 'all'")]:
         with pytest.raises(ValueError, match=match):
-            TrainConfig(**{"task": "route", "svd_cache": "x", "label_rollouts": "all", **bad}
-                        ).validate()
+            TrainConfig(**{"task": "route", "svd_cache": "x", "label_rollouts": "all",
+                           "logprob_reduction": "mean", **bad}).validate()

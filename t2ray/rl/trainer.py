@@ -112,6 +112,10 @@ class TrainConfig:
             if self.temperature <= 0:
                 raise ValueError("label_rollouts 'all' weights labels by their probability; it "
                                  "needs temperature > 0")
+            if self.logprob_reduction != "mean":
+                raise ValueError("label_rollouts 'all' weights labels by their per-token "
+                                 "log-probability; the loss must use the same "
+                                 "(logprob_reduction: mean)")
 
 
 def _build_policy(cfg: TrainConfig, model) -> torch.nn.Module:
@@ -133,8 +137,9 @@ def _optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, object]
 
 def label_distribution(engine: HFEngine, questions: list[str], labels: tuple[str, ...],
                        temperature: float) -> torch.Tensor:
-    """(B, K): p(label | question) proportional to p(label + eos | question)^(1/T) over the
-    closed set, under the engine's current weights; one-hot on the best label at T = 0."""
+    """(B, K): p(label | question) = softmax over the closed set of the labels' per-token
+    log-probabilities / T (`label_logprobs`, the router's scores), under the engine's current
+    weights; one-hot on the best label at T = 0."""
     scores = label_logprobs(engine.model, engine.tokenizer, questions, list(labels))
     if temperature > 0:
         return torch.softmax(scores / temperature, -1)
