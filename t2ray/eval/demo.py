@@ -20,7 +20,7 @@ from rich.table import Table
 
 from t2ray.adapt.fewshot import FewShotConfig
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.adaptive import EXPERT_CATEGORIES, run_eval
+from t2ray.eval.adaptive import CLASSIFIER, EXPERT_CATEGORIES, run_eval
 from t2ray.eval.harness import evaluate_task
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import TINY, load_model
@@ -79,10 +79,14 @@ def run_pipeline(out: Path | None = None, preset: str = "default",
                   samples_per_prompt=p.samples_per_prompt, baseline="group", grad_clip=1.0,
                   eval_every=p.steps, eval_n=max(4, p.n_test // 4), checkpoint_every=p.steps)
     lib = ExpertLibrary(art / "experts")
-    for name in (*EXPERT_CATEGORIES, "route"):
+    # the classifier scores every label of its closed set (configs/seen.yaml, tasks: route)
+    classifier = dict(label_rollouts="all", samples_per_prompt=1, logprob_reduction="mean")
+    for name in (*EXPERT_CATEGORIES, CLASSIFIER):
         run = art / "train" / f"svf-{name}"
         _train_once(TrainConfig(out=str(run), task=name, policy="svf", lr=p.lr,
-                                svd_cache=str(cache.root), **shared), run / "expert")
+                                svd_cache=str(cache.root),
+                                **{**shared, **(classifier if name == CLASSIFIER else {})}),
+                    run / "expert")
         if name not in lib.names():
             lib.add(name, ExpertVector.load(run / "expert"))
     for name in EXPERT_CATEGORIES:
