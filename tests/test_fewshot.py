@@ -30,7 +30,7 @@ def experts(tiny_random, tmp_path_factory):
     return dirs
 
 
-def test_scorer_scores_the_mixture_it_is_given(tiny_random, experts):
+def test_scorer_scores_the_mixture_it_is_given(tiny_random, experts, monkeypatch):
     path, cache = tiny_random
     scorer = ShotScorer(str(path), str(cache.root), [str(d) for d in experts], threads=1)
     scorer.set_task("reasoning", shots=4, select=3)
@@ -45,6 +45,15 @@ def test_scorer_scores_the_mixture_it_is_given(tiny_random, experts):
     result = scorer.score(alpha)
     assert 0 <= result["accuracy"] <= 1 and result["loglik"] < 0
     assert result["fitness"] == scalar_fitness(result["accuracy"], result["loglik"])
+    # the same answers again are judged from the scorer's cache, with the same verdicts
+    assert len(scorer.verify.scores) == len(shots)
+    import t2ray.tasks.rewards as verifier
+
+    calls = []
+    real = verifier.rewards
+    monkeypatch.setattr(verifier, "rewards", lambda *a: calls.append(a) or real(*a))
+    again = scorer.score(alpha)
+    assert again["accuracy"] == result["accuracy"] and calls == []
 
 
 def test_scalar_fitness_keeps_accuracy_first():

@@ -29,7 +29,7 @@ from t2ray.models import load_model
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import ExpertVector, mix
 from t2ray.tasks import get_task
-from t2ray.tasks.rewards import CORRECT, rewards
+from t2ray.tasks.rewards import CORRECT, RewardCache
 
 SEARCHERS = ("cem", "optuna-cmaes", "nevergrad")
 
@@ -82,6 +82,8 @@ class ShotScorer:
         examples = self.task.examples("validation", shots + select)
         self.sets = {"shots": examples[:shots], "selection": examples[shots:]}
         self.max_new_tokens = max_new_tokens_for(self.task, self.engine.tokenizer)
+        # neighbouring members often give the same answers; each code answer costs a sandbox run
+        self.verify = RewardCache(self.task.kind)
 
     def score(self, alpha: list[float], on: str = "shots") -> dict:
         t0 = time.perf_counter()
@@ -95,7 +97,7 @@ class ShotScorer:
                                            [e.solution for e in examples])
         finally:
             eng.set_expert(None)
-        verdicts = rewards(self.task.kind, examples, [o.text for o in outs])
+        verdicts = self.verify(examples, [o.text for o in outs])
         accuracy = sum(v == CORRECT for v in verdicts) / len(examples)
         loglik = float((sums / counts).mean())
         return {"accuracy": accuracy, "loglik": loglik,
