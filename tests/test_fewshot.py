@@ -82,6 +82,22 @@ def test_cem_search_on_tune_runs_every_member_and_selects_on_held_out_items(
     json.dumps(result.as_dict())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("searcher", ["optuna-cmaes", "nevergrad"])
+def test_other_searchers_run_on_tune_within_the_clamp(local_ray, tiny_random, experts, tmp_path,  # noqa: F811
+                                                      searcher):
+    path, cache = tiny_random
+    cfg = FewShotConfig(shots=2, select=2, population=3, generations=2, concurrency=2,
+                        searcher=searcher)
+    result = search_mixture(str(path), str(cache.root), experts, "reasoning", cfg, tmp_path)
+    assert result.trials == 6 and len(result.members) == 6
+    assert all(len(m["alpha"]) == 3 and all(0 <= a <= 1 for a in m["alpha"])
+               for m in result.members)
+    # the first point is the uniform mixture the searchers are started from
+    assert [1 / 3] * 3 in [m["alpha"] for m in result.members]
+    assert result.alpha in [m["alpha"] for m in result.members]
+
+
 def test_unknown_searcher_is_refused():
     with pytest.raises(ValueError, match="searcher"):
         FewShotConfig(searcher="grid")

@@ -139,8 +139,9 @@ def _search_alg(cfg: FewShotConfig, dim: int, n_experts: int):
     import nevergrad as ng
     from ray.tune.search.nevergrad import NevergradSearch
 
-    space = ng.p.Instrumentation(**{f"a{i}": ng.p.Scalar(lower=0.0, upper=1.0)
-                                    for i in range(dim)})
+    # a Dict space: Ray's NevergradSearch feeds points_to_evaluate to it as one dict (an
+    # Instrumentation expects them as positional arguments and refuses the start point)
+    space = ng.p.Dict(**{f"a{i}": ng.p.Scalar(lower=0.0, upper=1.0) for i in range(dim)})
     return NevergradSearch(ng.optimizers.CMA, space=space, metric="fitness", mode="max",
                            points_to_evaluate=start)
 
