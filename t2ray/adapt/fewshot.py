@@ -148,9 +148,9 @@ def _search_alg(cfg: FewShotConfig, dim: int, n_experts: int):
 
 @contextmanager
 def _without_trial_logs():
-    """Tune writes JSON, CSV and TensorBoard logs for every trial by default; a member is one
-    short trial, and those writes cost more than its scoring on a small machine (measured in
-    docs/benchmarks.md). `FewShotResult.members` keeps what they would hold."""
+    """Tune writes JSON, CSV and TensorBoard logs for every trial by default: a search of 32 x 10
+    members would leave 320 trial logs nobody reads (docs/benchmarks.md has what they cost).
+    `FewShotResult.members` keeps what they would hold."""
     key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
     old = os.environ.get(key)
     os.environ[key] = "1"
