@@ -132,8 +132,9 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                             else None}
                 earlier = next((x for x in scores if (x.task, x.strategy) == (task_name, "none")),
                                None)
-                if kept.exists() and json.loads(kept.read_text())["settings"] == settings:
-                    s = StrategyScore(**json.loads(kept.read_text())["score"])
+                record = json.loads(kept.read_text()) if kept.exists() else None
+                if record is not None and record["settings"] == settings:
+                    s = StrategyScore(**record["score"])
                     console.print(f"[dim]reusing {kept}[/dim]")
                 elif strategy == "none" and earlier is not None:
                     s = replace(earlier, seed=seed)  # greedy base weights: the same every seed

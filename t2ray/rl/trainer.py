@@ -245,10 +245,9 @@ def train_loop(config: dict) -> dict:
     labels = tasks[0].labels  # all tasks of a run have one, or none do (validate)
     start_step = resume(policy, opt, sched, ds_engine)
     local_prompts = max(1, cfg.prompts_per_step // world)
-    rl_cfg = ReinforceConfig(
-        cfg.kl_coef, cfg.baseline,
-        len(labels) if cfg.label_rollouts == "all" else cfg.samples_per_prompt,
-        cfg.logprob_reduction)
+    # rollouts per prompt: every label of the closed set, or the samples drawn
+    per_prompt = len(labels) if cfg.label_rollouts == "all" else cfg.samples_per_prompt
+    rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, per_prompt, cfg.logprob_reduction)
     history: list[dict] = []
 
     # --- loop
@@ -264,7 +263,6 @@ def train_loop(config: dict) -> dict:
         prompts = [format_prompt(tok, e.prompt, s) for e, s in zip(examples, systems)]
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if cfg.objective == "rl":
-            per_prompt = len(labels) if cfg.label_rollouts == "all" else cfg.samples_per_prompt
             rows = [i for i in range(len(examples)) for _ in range(per_prompt)]
             seed = cfg.seed * 100_003 + step * 101 + rank
             weights = None
