@@ -23,10 +23,15 @@ from report import write_section  # noqa: E402
 
 from t2ray.t2l.encoder import DescriptionEncoder  # noqa: E402
 from t2ray.t2l.generate import to_loras  # noqa: E402
-from t2ray.t2l.hypernet import HyperConfig, HyperLoRA, lora_targets  # noqa: E402
+from t2ray.t2l.hypernet import (  # noqa: E402
+    HyperConfig,
+    HyperLoRA,
+    lora_targets,
+    target_layers,
+)
 
-MISTRAL_7B = {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
-              "intermediate_size": 14336, "num_hidden_layers": 32}
+MISTRAL_7B = {"model_type": "mistral", "hidden_size": 4096, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "intermediate_size": 14336, "num_hidden_layers": 32}
 
 
 def time_ms(fn, repeats: int) -> tuple[float, float]:
@@ -51,14 +56,16 @@ def main() -> None:
     for label, config, enc_dim in (("tiny (bundled)", tiny_config, encoder.dim),
                                    ("Mistral-7B shapes", MISTRAL_7B, 1024)):
         n_layers, modules = lora_targets(config, ["q_proj", "v_proj"])
+        layers = {t: [m.name for m in ms]
+                  for t, ms in target_layers(config, ["q_proj", "v_proj"]).items()}
         for variant in ("L", "M", "S"):
             net = HyperLoRA(HyperConfig(variant, n_layers, modules, rank=8,
                                         encoder_dim=enc_dim)).eval()
             emb = torch.randn(1, enc_dim)
 
             @torch.inference_mode()
-            def generate(net=net, emb=emb):
-                return to_loras(net(emb), 8, 16.0, False)
+            def generate(net=net, emb=emb, layers=layers):
+                return to_loras(net(emb), 8, 16.0, False, layers)
 
             median, best = time_ms(generate, args.repeats)
             n_params = sum(p.numel() for p in generate()[0].a.values()) + sum(

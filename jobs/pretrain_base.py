@@ -1,20 +1,9 @@
 """`ray job submit --working-dir . -- python jobs/pretrain_base.py --out DIR [--config YAML]`
 
-Pretrains the tiny base model (the same recipe as `t2ray base pretrain`)."""
+Pretrains the tiny base model: `t2ray base pretrain`, same options."""
 
-import argparse
+import sys
 
-from t2ray.models.pretrain import PretrainConfig, pretrain
+from t2ray.cli import main
 
-parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--out", required=True)
-parser.add_argument("--config", help="YAML with PretrainConfig fields")
-parser.add_argument("--steps", type=int)
-parser.add_argument("--install", action="store_true", help="install as the bundled `tiny` model")
-args = parser.parse_args()
-
-cfg = PretrainConfig.from_yaml(args.config) if args.config else PretrainConfig()
-cfg.out = args.out
-if args.steps is not None:
-    cfg.steps = args.steps
-pretrain(cfg, install=args.install)
+main(["base", "pretrain", *sys.argv[1:]])

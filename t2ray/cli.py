@@ -1,8 +1,13 @@
-"""`t2ray` command line: one entry per job, calling the same library functions as jobs/."""
+"""`t2ray` command line: one entry per job; jobs/*.py run these same commands.
+
+Errors a user can cause (an unknown task, a missing path, a wrong artifact, a bad option value)
+end with one line that names the problem and exit code 2; `--debug` shows the traceback.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +29,35 @@ t2l_app = typer.Typer(help="Text-to-LoRA: the hypernetwork.", no_args_is_help=Tr
 app.add_typer(svf_app, name="svf")
 app.add_typer(lora_app, name="lora")
 app.add_typer(t2l_app, name="t2l")
+results_app = typer.Typer(help="The results tables: train what each compares, score it on the "
+                          "test split, write docs/results.json.", no_args_is_help=True)
+app.add_typer(results_app, name="results")
 console = Console()
+# What a user can get wrong; anything else is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, KeyError, ValueError)
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error.")):
+    """t2ray: self-adaptive LLMs (SVF experts, Text-to-LoRA) on Ray."""  # --debug: see main()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `t2ray` entry point (and the one every job calls)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    try:
+        app(args=args, prog_name="t2ray")
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False,
+                                   markup=True, soft_wrap=True)
+        Console(stderr=True).print("[dim](run with --debug for the traceback)[/dim]")
+        raise SystemExit(2) from None
 
 
 def _split_names(names: str) -> list[str]:
@@ -110,15 +143,22 @@ def base_eval(
     out: Optional[Path] = typer.Option(None, help="Also write the rows to this JSON file."),
     results: Optional[Path] = typer.Option(
         None, help="Merge the rows into a results.json (table `base`, method `base`)."),
+    engine: str = typer.Option("hf", help="hf (in this process) or vllm (an engine actor)."),
 ):
     """Greedy accuracy of a base model per task, with 95% confidence intervals."""
 
-    from t2ray.eval.report import invocation, merge_results, print_accuracy_table, result_rows
-    from t2ray.eval.run import evaluate_base
+    from t2ray.eval.results import ResultRow, invocation, merge_results, print_accuracy_table
+    from t2ray.experiments.base import evaluate_base
 
-    rows = evaluate_base(model, _split_names(tasks), split, n, progress=not as_json)
+    if engine == "vllm":
+        from t2ray.distributed.ray_env import ensure_ray
+
+        ensure_ray()
+    rows = evaluate_base(model, _split_names(tasks), split, n, progress=not as_json,
+                         engine=engine)
     if results:
-        merge_results(results, result_rows(rows, "base", "base", invocation()))
+        command = invocation()
+        merge_results(results, [ResultRow.from_eval(r, "base", "base", command) for r in rows])
     payload = [r.as_dict() for r in rows]
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +177,7 @@ def base_pretrain(
     install: bool = typer.Option(False, help="Copy the result into the package as `tiny`."),
 ):
     """The recipe that builds the bundled tiny base model (deterministic, CPU, < 60 min)."""
-    from t2ray.models.pretrain import PretrainConfig, pretrain
+    from t2ray.experiments.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig.from_yaml(config) if config else PretrainConfig()
     cfg.out = str(out)
@@ -217,6 +257,8 @@ def _train_command(policy: str, doc: str):
         deepspeed_stage: Optional[int] = typer.Option(None, help="ZeRO stage 0-3 (default: none)."),
         config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields."),
         objective: str = typer.Option("rl", help="rl (REINFORCE + KL) or sft."),
+        policy_name: str = typer.Option(policy, "--policy", help="svf or lora."),
+        engine: Optional[str] = typer.Option(None, help="Rollout engine: hf or vllm."),
         steps: Optional[int] = typer.Option(None), kl_coef: Optional[float] = typer.Option(None),
         seed: Optional[int] = typer.Option(None),
         max_failures: int = typer.Option(1, help="Worker failures to recover from."),
@@ -225,9 +267,10 @@ def _train_command(policy: str, doc: str):
         from t2ray.rl.trainer import TrainConfig
 
         cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
-        cfg.policy, cfg.model, cfg.task, cfg.out = policy, model, task, str(out)
+        cfg.policy, cfg.model, cfg.task, cfg.out = policy_name, model, task, str(out)
         cfg.objective, cfg.deepspeed_stage = objective, deepspeed_stage
-        for name, value in (("steps", steps), ("kl_coef", kl_coef), ("seed", seed)):
+        for name, value in (("steps", steps), ("kl_coef", kl_coef), ("seed", seed),
+                            ("engine", engine)):
             if value is not None:
                 setattr(cfg, name, value)
         train(cfg, workers=workers, max_failures=max_failures)
@@ -290,7 +333,7 @@ def t2l_generate(
     t0 = time.perf_counter()
     lora = ckpt.generate(encoder, [description])[0]
     seconds = time.perf_counter() - t0
-    export_peft(lora, out, base_model=ckpt.base_model)
+    export_peft(lora, out, base_model=ckpt.base_model, base_fingerprint=ckpt.base_fingerprint)
     console.print(f"wrote {out}: rank {lora.rank}, scale {lora.scale:.4g}, {len(lora.a)} modules, "
                   f"{lora.num_params:,} params, generated in {1000 * seconds:.0f} ms")
 
@@ -340,24 +383,27 @@ def eval_strategies(
     population: int = typer.Option(32), concurrency: int = typer.Option(2),
     per_matrix: bool = typer.Option(False, help="One alpha per expert x matrix."),
     searcher: str = typer.Option("cem", help="cem, optuna-cmaes or nevergrad."),
+    engine: str = typer.Option("hf", help="hf or vllm: the second pass and the few-shot "
+                               "members' engines."),
     out: Path = typer.Option(Path("runs/eval")),
     results: Optional[Path] = typer.Option(None, help="Merge the rows into this results.json."),
 ):
     """Accuracy per adaptation strategy and task: table, JSON, markdown and the alpha plot."""
-    import ray
-
     from t2ray.adapt.fewshot import FewShotConfig
-    from t2ray.eval.adaptive import run_eval
+    from t2ray.distributed.ray_env import ensure_ray
+    from t2ray.experiments.unseen import check_strategies, run_eval
     from t2ray.svf.ops import decompose_model
 
+    check_strategies(_split_names(strategy))
+
     fewshot = FewShotConfig(shots=shots, generations=generations, population=population,
-                            concurrency=concurrency, per_matrix=per_matrix, searcher=searcher)
+                            concurrency=concurrency, per_matrix=per_matrix, searcher=searcher,
+                            engine=engine)
     cache = decompose_model(model, "mlp")
-    needs_ray = "fewshot" in _split_names(strategy)
-    if needs_ray and not ray.is_initialized():
-        ray.init(num_cpus=max(2, concurrency), include_dashboard=False, log_to_driver=False)
+    if "fewshot" in _split_names(strategy) or engine == "vllm":
+        ensure_ray(num_cpus=max(2, concurrency))
     run_eval(model, experts, _split_names(tasks), _split_names(strategy), list(range(seeds)),
-             out, str(cache.root), n_test, fewshot, results_json=results)
+             out, str(cache.root), n_test, fewshot, results_json=results, engine=engine)
 
 
 @app.command("demo")
@@ -369,16 +415,109 @@ def demo(
 ):
     """The whole pipeline on the bundled model: experts, LoRA, seen and unseen tables."""
     if base_only:
-        from t2ray.eval.run import run_demo
+        from t2ray.experiments.base import run_demo
 
         run_demo(n=n, out=out)
         return
-    from t2ray.eval.demo import PRESETS, run_pipeline
+    from t2ray.experiments.demo import PRESETS, run_pipeline
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"preset must be one of {sorted(PRESETS)}")
     run_pipeline(out=out, preset=preset)
 
 
+@results_app.command("seen")
+def results_seen(
+    config: Optional[Path] = typer.Option(
+        None, help="YAML: TrainConfig fields for every run, `methods:` per-method overrides "
+        "(methods: {lora-rl: {lr: 0.001}}) and `tasks:` per-task ones "
+        "(tasks: {reasoning: {svf-rl: {lr: 0.005}}})."),
+    model: str = typer.Option("tiny"), tasks: str = typer.Option("math,code,reasoning"),
+    seeds: str = typer.Option("0,1,2"),
+    methods: str = typer.Option("svf-rl,svf-sft,lora-rl,lora-sft"),
+    steps: Optional[int] = typer.Option(None), workers: int = typer.Option(0),
+    n_test: Optional[int] = typer.Option(None, help="Test items per task (default: all)."),
+    out: Path = typer.Option(Path("runs/seen")),
+    results: Path = typer.Option(Path("docs/results.json")),
+):
+    """The seen-task table: base / LoRA-RL / LoRA-SFT / SVF-RL / SVF-SFT per task and seed."""
+    from t2ray.experiments.seen import seen_table, sweep_config
+    from t2ray.svf.ops import decompose_model
+
+    cfg, overrides, task_overrides = sweep_config(config, model, steps)
+    cfg.svd_cache = str(decompose_model(cfg.model, "mlp").root)
+    seen_table(cfg, _split_names(tasks), _int_list(seeds), _split_names(methods), out,
+               workers=workers, n_test=n_test, results_json=results,
+               method_overrides=overrides, task_overrides=task_overrides)
+
+
+@results_app.command("tune")
+def results_tune(
+    config: Path = typer.Option(..., help="The sweep's YAML (configs/seen.yaml)."),
+    task: str = typer.Option(...), method: str = typer.Option(...),
+    grid: list[str] = typer.Option(..., help="FIELD=v1,v2,... (repeat for a product grid)."),
+    eval_n: int = typer.Option(200, help="Validation items per reading."),
+    out: Path = typer.Option(Path("runs/tune")),
+):
+    """Choose a method's settings for the seen table on the validation split only (seed 0)."""
+    from t2ray.experiments.seen import parse_grid, sweep_config, tune_on_validation
+    from t2ray.svf.ops import decompose_model
+
+    cfg, _, _ = sweep_config(config, method=method, eval_n=eval_n)
+    cfg.svd_cache = str(decompose_model(cfg.model, "mlp").root)
+    tune_on_validation(cfg, task, method, parse_grid(cfg, grid), out)
+
+
+@results_app.command("unseen")
+def results_unseen(
+    config: Path = typer.Option(..., help="The seen sweep's YAML (configs/seen.yaml)."),
+    seen: Path = typer.Option(Path("runs/seen"), help="The seen sweep's output directory."),
+    model: str = typer.Option("tiny"), seeds: str = typer.Option("0,1,2"),
+    strategies: str = typer.Option("none,lora,prompt,classifier,fewshot"),
+    n_test: Optional[int] = typer.Option(None, help="Test items per family (default: all)."),
+    population: int = typer.Option(32), generations: int = typer.Option(10),
+    concurrency: int = typer.Option(2),
+    per_matrix: bool = typer.Option(False, help="One alpha per expert x matrix."),
+    searcher: str = typer.Option("cem", help="cem, optuna-cmaes or nevergrad."),
+    out: Path = typer.Option(Path("runs/unseen"), help="Route experts and libraries."),
+    tables: Optional[Path] = typer.Option(None, help="Scores, tables, plots (default: --out)."),
+    results: Path = typer.Option(Path("docs/results.json")),
+):
+    """The unseen-family table: base / LoRA-RL / prompt / classifier / few-shot per seed."""
+    from t2ray.adapt.fewshot import FewShotConfig
+    from t2ray.experiments.unseen import unseen_table
+
+    fewshot = FewShotConfig(population=population, generations=generations,
+                            concurrency=concurrency, per_matrix=per_matrix, searcher=searcher)
+    unseen_table(config, seen, out, model, _int_list(seeds), _split_names(strategies), n_test,
+                 fewshot, tables, results)
+
+
+@results_app.command("t2l")
+def results_t2l(
+    config: Optional[Path] = typer.Option(None, help="YAML with T2LTableConfig fields."),
+    methods: Optional[str] = typer.Option(None, help="Comma list (default: every method)."),
+    seeds: str = typer.Option("0,1,2"),
+    n_test: Optional[int] = typer.Option(None, help="Test items per family (default: all)."),
+    out: Path = typer.Option(Path("runs/t2l-table")),
+    results: Path = typer.Option(Path("docs/results.json")),
+):
+    """The T2L table on the held-out instruction families (resumes from --out)."""
+    from t2ray.experiments.t2l import T2LTableConfig, all_methods, t2l_table
+
+    cfg = T2LTableConfig.from_yaml(config) if config else T2LTableConfig()
+    if n_test is not None:
+        cfg.n_test = n_test
+    t2l_table(cfg, out, _split_names(methods) if methods else all_methods(), _int_list(seeds),
+              results_json=results)
+
+
+def _int_list(values: str) -> list[int]:
+    try:
+        return [int(v) for v in _split_names(values)]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {values!r}") from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

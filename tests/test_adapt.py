@@ -1,13 +1,15 @@
-"""Two-pass adaptation: label scoring against a direct float64 computation, and the dispatch."""
+"""Two-pass adaptation on the HF engine: label scores against a direct float64 computation,
+and the dispatch (tests/test_engine_callers.py runs the same callers on a model-less engine)."""
 
 import pytest
 import torch
 
 from t2ray.adapt.router import BASE, Router
 from t2ray.adapt.two_pass import TwoPass
-from t2ray.engines.hf import HFEngine, format_prompt
-from t2ray.engines.scoring import label_logprobs
+from t2ray.engines.base import label_scores
+from t2ray.engines.hf import HFEngine
 from t2ray.models import load_model
+from t2ray.models.prompt import format_prompt
 from t2ray.svf.expert import ExpertVector, SVFParam
 
 
@@ -27,9 +29,12 @@ def _expert(cache, scale: float, task: str) -> ExpertVector:
 def test_label_scores_equal_one_sequence_at_a_time_in_float64(engine):
     model, tok = engine.model, engine.tokenizer
     prompts, labels = ["What is 2+3?", "def f(x): pass"], ["math", "code", "other"]
-    # padded, split batches
-    got = label_logprobs(model, tok, prompts, labels, batch_size=4, per_token=False)
-    per_token = label_logprobs(model, tok, prompts, labels, batch_size=4)
+    engine.batch_size = 4  # padded, split batches
+    try:
+        got = label_scores(engine, prompts, labels, per_token=False)
+        per_token = label_scores(engine, prompts, labels)
+    finally:
+        engine.batch_size = 64
     ref_model = model.double()
     try:
         for i, p in enumerate(prompts):
@@ -65,11 +70,8 @@ def test_each_group_runs_with_its_expert_and_other_with_the_base_weights(engine,
     result = two_pass.run(questions, max_new_tokens=6)
 
     def direct(expert, q):
-        engine.set_expert(expert)
-        try:
-            return engine.generate([format_prompt(engine.tokenizer, q)], max_new_tokens=6)[0].text
-        finally:
-            engine.set_expert(None)
+        with engine.adapted(expert):
+            return engine.generate([q], max_new_tokens=6)[0].text
 
     for q, text in zip(questions, result.completions):
         want_expert = experts.get(answers[q])  # other and reasoning (no expert): base weights
@@ -79,7 +81,7 @@ def test_each_group_runs_with_its_expert_and_other_with_the_base_weights(engine,
     assert two_pass.expert_for(BASE) is None
     assert 0 < result.first_pass_share < 1
     # the engine is back on the base weights afterwards
-    assert direct(None, "q1") == engine.generate([format_prompt(engine.tokenizer, "q1")], 6)[0].text
+    assert direct(None, "q1") == engine.generate(["q1"], max_new_tokens=6)[0].text
 
 
 def test_router_scores_with_the_classifier_expert_and_restores_the_base(engine, tiny_random):

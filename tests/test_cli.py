@@ -41,9 +41,22 @@ def test_tasks_sample_json():
     assert rows[0]["answer"] in "ABCD"
 
 
-def test_unknown_task_is_a_clear_error():
-    proc = run("tasks", "sample", "nope", check=False)
-    assert proc.returncode != 0 and "unknown task" in proc.stderr
+@pytest.mark.parametrize("args,message", [
+    (("tasks", "sample", "nope"), "unknown task 'nope'"),
+    (("tasks", "sample", "math", "--split", "nope"), "unknown split 'nope'"),
+    (("base", "info", "--model", "/nonexistent/model"), "no model at /nonexistent/model"),
+    (("svf", "info", "/"), "is not an SVD cache or an SVF expert"),
+    (("eval", "--experts", "/nope", "--strategy", "magic"), "unknown strategies ['magic']"),
+])
+def test_user_errors_are_one_line_without_a_traceback(args, message, tmp_path):
+    """A mistake a user can make ends with one line naming the problem (exit 2); --debug shows
+    the traceback."""
+    proc = run(*args, check=False, cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    debug = run("--debug", *args, check=False, cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 def test_base_info_json():
@@ -101,3 +114,15 @@ def test_t2l_params_for_mistral_7b_shapes(tmp_path, variant, paper):
                           "--rank", "8", "--targets", "q_proj,v_proj", "--encoder-dim", "1024",
                           "--json").stdout)
     assert abs(info["trainable"] - paper) / paper < 0.01
+
+
+def test_deepspeed_training_runs_from_outside_the_checkout(tmp_path):
+    """The ZeRO configs ship inside the package: an installed t2ray finds them from any
+    directory, and an in-process run (`--workers 0`) gets its own one-rank process group."""
+    config = tmp_path / "train.yaml"
+    config.write_text("prompts_per_step: 2\neval_n: 4\nsamples_per_prompt: 1\n")
+    out = tmp_path / "run"
+    run("svf", "train", "--task", "math", "--workers", "0", "--deepspeed-stage", "2",
+        "--steps", "2", "--config", str(config), "--out", str(out), cwd=tmp_path, timeout=600)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2] and (out / "expert" / "manifest.json").exists()

@@ -4,10 +4,8 @@ import math
 
 import pytest
 
-from t2ray.engines.hf import Completion
-from t2ray.eval.harness import evaluate_task, wilson_interval
-from t2ray.eval.report import merge_results, result_rows
-from t2ray.tasks import get_task
+from t2ray.eval.harness import wilson_interval
+from t2ray.eval.results import ResultRow, merge_results
 
 
 def _wilson_reference(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -28,37 +26,39 @@ def test_wilson_interval(k, n):
     assert lo <= k / n <= hi
 
 
-class ScriptedEngine:
-    """Answers the reference solution for the first `n_right` prompts, garbage after."""
-
-    def __init__(self, task, n_right, tokenizer):
-        self.task, self.n_right, self.tokenizer = task, n_right, tokenizer
-
-    def generate(self, prompts, max_new_tokens=64, **_):
-        examples = self.task.examples("test", len(prompts))
-        return [Completion(e.solution if i < self.n_right else "???", [])
-                for i, e in enumerate(examples)]
-
-
-def test_evaluate_task_counts_what_the_verifier_accepts():
-    from t2ray.models.tokenizer import build_char_tokenizer
-
-    task = get_task("math")
-    row = evaluate_task(ScriptedEngine(task, 30, build_char_tokenizer()), task, "test", n=40)
-    assert (row.n, row.correct) == (40, 30)
-    assert row.accuracy == 0.75 and row.ci_low < 0.75 < row.ci_high
-    assert row.item_correct == (True,) * 30 + (False,) * 10 and "item_correct" not in row.as_dict()
-
-
 def test_results_rows_merge(tmp_path):
     from t2ray.eval.harness import EvalRow
 
     path = tmp_path / "results.json"
     rows = [EvalRow("math", "test", 100, 40, 0.4, 0.31, 0.5, 1.0)]
-    merge_results(path, result_rows(rows, "base", "base", "t2ray demo"))
-    merge_results(path, result_rows([EvalRow("math", "test", 100, 50, 0.5, 0.4, 0.6, 1.0)],
-                                    "base", "base", "t2ray demo"))
+    merge_results(path, [ResultRow.from_eval(r, "base", "base", "t2ray demo") for r in rows])
+    merge_results(path, [ResultRow.from_eval(EvalRow("math", "test", 100, 50, 0.5, 0.4, 0.6, 1.0),
+                                             "base", "base", "t2ray demo"),
+                         ResultRow("seen", "math", "svf-rl", 70.0, 1.5, 3, 1296, "x", n=100,
+                                   extra={"seeds": [69.0, 70.0, 71.0]})])
     import json
 
     data = json.loads(path.read_text())
-    assert len(data) == 1 and data[0]["mean"] == 50.0 and data[0]["table"] == "base"
+    assert len(data) == 2 and data[0]["mean"] == 50.0 and data[0]["table"] == "base"
+    assert data[0]["ci95"] == [40.0, 60.0] and data[1]["seeds"] == [69.0, 70.0, 71.0]
+    with pytest.raises(TypeError, match="ResultRow"):
+        merge_results(path, [data[0]])
+
+
+def test_result_rows_refuse_what_the_schema_forbids():
+    with pytest.raises(ValueError, match="n_seeds"):
+        ResultRow("seen", "math", "base", 50.0, 0.0, 0, None, "x")
+    with pytest.raises(ValueError, match="metric"):
+        ResultRow("seen", "math", "base", 50.0, 0.0, 1, None, "x", metric="bleu")
+    with pytest.raises(ValueError, match="shadow"):
+        ResultRow("seen", "math", "base", 50.0, 0.0, 1, None, "x", extra={"mean": 3})
+
+
+def test_the_shipped_results_json_round_trips_through_result_rows():
+    """Every row of docs/results.json is a ResultRow: reading and writing it changes nothing."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "results.json"
+    rows = json.loads(path.read_text())
+    assert [ResultRow.from_dict(r).as_dict() for r in rows] == rows

@@ -1,13 +1,14 @@
 """`t2ray eval` harness: every strategy scores the test items it should, and the files it writes."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.adaptive import STRATEGIES, library_for_seed, run_eval
 from t2ray.eval.harness import evaluate_task
+from t2ray.experiments.unseen import STRATEGIES, library_for_seed, run_eval
 from t2ray.lora.peft_io import export_peft, import_peft
 from t2ray.lora.weights import init_lora
 from t2ray.svf.expert import ExpertLibrary, ExpertVector, SVFParam
@@ -37,30 +38,31 @@ def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path, mo
     strategies = ["none", "expert", "prompt", "classifier"]
     rows = run_eval(str(path), library, ["reasoning", "math-hard"], strategies, [0, 1],
                     tmp_path, str(cache.root), n_test=6, results_json=tmp_path / "r.json")
-    assert {(r["task"], r["method"]) for r in rows} == {
+    assert {(r.task, r.method) for r in rows} == {
         (t, m) for t in ("reasoning", "math-hard")
         for m in ("base", "svf-rl", "prompt", "classifier")}
     for r in rows:
-        assert r["n_seeds"] == 2 and r["n"] == 6 and 0 <= r["mean"] <= 100
-        two_pass = r["method"] in ("prompt", "classifier")
-        assert (r["first_pass_share"] is not None) == two_pass
-    base = [r for r in rows if r["method"] == "base"]
-    assert all(r["sd"] == 0 for r in base)  # greedy base: the same on every seed
+        assert r.n_seeds == 2 and r.n == 6 and 0 <= r.mean <= 100
+        two_pass = r.method in ("prompt", "classifier")
+        assert (r.get("first_pass_share") is not None) == two_pass
+    base = [r for r in rows if r.method == "base"]
+    assert all(r.sd == 0 for r in base)  # greedy base: the same on every seed
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert all(sum(s["routed"].values()) == 6 for s in scores if s["strategy"] == "classifier")
     assert (tmp_path / "table.md").read_text().startswith("| task | method")
     assert json.loads((tmp_path / "r.json").read_text())[0]["table"] == "unseen"
 
     # a rerun reuses every kept score; other settings are scored afresh
-    import t2ray.eval.adaptive as adaptive
+    import t2ray.experiments.unseen as adaptive
 
     calls = []
     real = adaptive.evaluate_strategy
     monkeypatch.setattr(adaptive, "evaluate_strategy",
-                        lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+                        lambda *a, **k: calls.append(a[4]) or real(*a, **k))
     again = run_eval(str(path), library, ["reasoning", "math-hard"], strategies, [0, 1],
                      tmp_path, str(cache.root), n_test=6)
-    assert calls == [] and again == [{**r, "command": again[0]["command"]} for r in rows]
+    assert calls == [] and [replace(r, command="") for r in again] == [
+        replace(r, command="") for r in rows]
     run_eval(str(path), library, ["reasoning"], ["expert"], [0], tmp_path, str(cache.root),
              n_test=4)
     assert calls == ["expert"]
@@ -80,9 +82,9 @@ def test_lora_strategy_scores_the_family_adapter(tiny_model, tmp_path):
     rows = run_eval("tiny", tmp_path / "lib", ["math-hard"], ["none", "lora"], [0],
                     tmp_path / "out", str(decompose_model("tiny", "mlp").root), n_test=8)
     engine = HFEngine(model, tok)
-    engine.set_lora(import_peft(tmp_path / "lib" / "lora" / "math"))  # math-hard's family
-    expected = evaluate_task(engine, get_task("math-hard"), "test", 8)
-    by_method = {r["method"]: r["mean"] for r in rows}
+    with engine.adapted(import_peft(tmp_path / "lib" / "lora" / "math")):  # math-hard's family
+        expected = evaluate_task(engine, get_task("math-hard"), "test", 8)
+    by_method = {r.method: r.mean for r in rows}
     assert by_method["lora-rl"] == round(100 * expected.accuracy, 2)
     assert by_method["lora-rl"] != by_method["base"]
 
@@ -96,7 +98,7 @@ def test_unknown_strategy_is_refused(tiny_random, library, tmp_path):
 
 def test_fewshot_variants_are_named_apart_in_results():
     from t2ray.adapt.fewshot import FewShotConfig
-    from t2ray.eval.adaptive import method_name
+    from t2ray.experiments.unseen import method_name
 
     assert method_name("fewshot", FewShotConfig()) == "fewshot"
     assert method_name("fewshot", FewShotConfig(per_matrix=True)) == "fewshot-per-matrix"

@@ -32,7 +32,7 @@ def experts(tiny_random, tmp_path_factory):
 
 def test_scorer_scores_the_mixture_it_is_given(tiny_random, experts, monkeypatch):
     path, cache = tiny_random
-    scorer = ShotScorer(str(path), str(cache.root), [str(d) for d in experts], threads=1)
+    scorer = ShotScorer.load(str(path), str(cache.root), [str(d) for d in experts], threads=1)
     scorer.set_task("reasoning", shots=4, select=3)
     shots, selection = scorer.sets["shots"], scorer.sets["selection"]
     assert len(shots) == 4 and len(selection) == 3

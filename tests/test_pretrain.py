@@ -3,11 +3,13 @@
 import json
 import random
 
+import pytest
 import torch
 
-from t2ray.engines.hf import format_prompt
+from t2ray.distributed.loop import lr_factor
+from t2ray.experiments.pretrain import PretrainConfig, build_corpus, make_batch, pretrain
 from t2ray.models import load_model
-from t2ray.models.pretrain import PretrainConfig, build_corpus, lr_at, make_batch, pretrain
+from t2ray.models.prompt import format_prompt
 from t2ray.models.tokenizer import build_char_tokenizer
 from t2ray.tasks import get_task, list_tasks
 
@@ -16,11 +18,18 @@ SMALL_MODEL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers":
 
 
 def test_lr_schedule_warms_up_and_decays_to_the_floor():
-    cfg = PretrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == 1e-4
-    assert lr_at(9, cfg) == 1e-3
-    assert abs(lr_at(99, cfg) - 1e-4) < 1e-6
-    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
+    """The one schedule every trainer uses: pretraining's warmup + cosine to a floor, and the
+    RL / T2L cosine to zero (no warmup, held at the end)."""
+    def lr_at(s):
+        return 1e-3 * lr_factor(s, 100, "cosine", warmup=10, min_ratio=0.1)
+
+    assert lr_at(0) == pytest.approx(1e-4) and lr_at(9) == pytest.approx(1e-3)
+    assert abs(lr_at(99) - 1e-4) < 1e-6
+    assert all(lr_at(s) >= lr_at(s + 1) for s in range(10, 99))
+    assert [lr_factor(s, 4) for s in (0, 2, 4, 9)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert lr_factor(7, 4, "constant") == 1.0
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_factor(0, 4, "linear")
 
 
 def test_batches_weight_answers_and_mix_in_distractors():

@@ -4,10 +4,11 @@ PEFT loads with the logits of our functional path."""
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
+from t2ray.artifacts import ArtifactError
 from t2ray.lora import batched_lora, export_peft
-from t2ray.t2l.generate import T2LCheckpoint, module_path
+from t2ray.t2l.generate import T2LCheckpoint
 from t2ray.t2l.hypernet import HyperConfig, HyperLoRA, lora_targets
 
 SHAPES = dict(vocab_size=64, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
@@ -43,7 +44,8 @@ def test_generated_adapter_loads_in_peft_with_our_logits(checkpoint, tmp_path):
     model = AutoModelForCausalLM.from_config(LlamaConfig(**SHAPES)).eval()
     ids = torch.randint(0, 64, (2, 9))
     lora = checkpoint.generate(FakeEncoder(), ["Reverse every word."])[0]
-    assert set(lora.a) == {module_path(layer, m) for layer in (0, 1) for m in ("q_proj", "v_proj")}
+    assert set(lora.a) == {f"model.layers.{layer}.self_attn.{m}" for layer in (0, 1)
+                           for m in ("q_proj", "v_proj")} == set(checkpoint.modules)
     with torch.no_grad(), batched_lora(model, [lora, lora]):
         ours = model(ids).logits
     export_peft(lora, tmp_path / "adapter", base_model="test")
@@ -76,7 +78,7 @@ def test_refusals(checkpoint, tmp_path):
     other.name = "another-encoder"
     with pytest.raises(ValueError, match="encoder"):
         checkpoint.generate(other, ["Sort."])
-    with pytest.raises(FileNotFoundError, match="not a T2L checkpoint"):
+    with pytest.raises(ArtifactError, match="not a T2L checkpoint"):
         T2LCheckpoint.load(tmp_path)
 
 
@@ -101,3 +103,25 @@ def test_cli_generate_writes_a_peft_adapter_and_refuses_empty_descriptions(tmp_p
     bad = subprocess.run([t2ray, "t2l", "generate", str(tmp_path / "c"), "  ", "--out",
                           str(tmp_path / "b")], capture_output=True, text=True)
     assert bad.returncode != 0 and "description" in bad.stderr
+
+
+def test_module_names_come_from_the_architecture_gpt2_conv1d(tmp_path):
+    """GPT-2 names its blocks transformer.h.N and stores W transposed (Conv1D); the names travel
+    in the checkpoint's manifest."""
+    config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)
+    n, modules = lora_targets(config, ["c_attn", "c_fc"])
+    assert n == 2 and modules == {"c_attn": (32, 96), "c_fc": (32, 128)}
+    torch.manual_seed(0)
+    net = HyperLoRA(HyperConfig("M", n, modules, rank=4, encoder_dim=12, latent=16, head_in=20))
+    saved = T2LCheckpoint(net.eval(), "fake", 8.0, False, "gpt2", config.to_dict()).save(tmp_path)
+    lora = T2LCheckpoint.load(saved).generate(FakeEncoder(), ["Sort the numbers."])[0]
+    assert set(lora.a) == {f"transformer.h.{i}.{m}" for i in (0, 1)
+                           for m in ("attn.c_attn", "mlp.c_fc")}
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    with torch.no_grad(), batched_lora(model, [lora, lora]):
+        ours = model(ids).logits
+    export_peft(lora, tmp_path / "adapter", base_model="gpt2")
+    peft_model = PeftModel.from_pretrained(model, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(ids).logits, ours, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, MistralConfig
+from transformers import GPT2Config, LlamaConfig, MistralConfig
 
 from t2ray.t2l.hypernet import HyperConfig, HyperLoRA, count_trainable, lora_targets
 
@@ -51,8 +51,13 @@ def test_one_forward_gives_every_layer_and_module_and_batches_agree(variant):
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="variant"):
         HyperConfig("XL", 2, {"q_proj": (4, 4)})
-    with pytest.raises(ValueError, match="unknown LoRA targets"):
-        lora_targets(MISTRAL_7B, ["qkv"])
+    with pytest.raises(ValueError, match=r"matches the targets \['qkv'\]"):
+        lora_targets(MistralConfig(**MISTRAL_7B), ["qkv"])
+    with pytest.raises(ValueError, match="model_type"):
+        lora_targets(MISTRAL_7B, ["q_proj"])
+    gpt2 = GPT2Config(n_embd=32, n_layer=2, n_head=4)  # c_proj: attention's and the MLP's
+    with pytest.raises(ValueError, match="once per layer with one shape"):
+        lora_targets(gpt2, ["c_proj"])
     with pytest.raises(ValueError, match="embeddings"):
         small("L")(torch.randn(2, 15))
     json.dumps(HyperConfig("M", 2, {"q_proj": (4, 4)}).as_dict())

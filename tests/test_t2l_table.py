@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from t2ray.eval.t2l import T2LTableConfig, all_methods, random_description
+from t2ray.experiments.t2l import T2LTableConfig, all_methods, random_description
 from t2ray.rl.trainer import TrainConfig, train_loop
 from t2ray.tasks import get_task
 
@@ -18,13 +18,13 @@ def test_describe_gives_every_training_prompt_its_own_tasks_description(tmp_path
 
     path, _ = tiny_random
     seen_systems = []
-    real = trainer.format_prompt
+    real = trainer.prompt_ids
 
-    def recording(tok, user, system=None):
-        seen_systems.append((user, system))
-        return real(tok, user, system)
+    def recording(tok, prompt):
+        seen_systems.append((prompt.user, prompt.system))
+        return real(tok, prompt)
 
-    monkeypatch.setattr(trainer, "format_prompt", recording)
+    monkeypatch.setattr(trainer, "prompt_ids", recording)
     tasks = ["keep-even", "first-word"]
     for describe in (False, True):
         seen_systems.clear()
@@ -67,22 +67,22 @@ def test_random_descriptions_keep_length_and_differ():
 def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkeypatch):
     from peft import LoraConfig
 
-    import t2ray.eval.t2l as t2l
+    import t2ray.experiments.t2l as t2l
     from t2ray.lora import import_peft
 
     path, _ = tiny_random
     cfg = T2LTableConfig(model=str(path), lora_steps=2, mt_steps=2, sft_steps=2, recon_steps=2,
                          n_test=10, threads=1, tasks=["keep-odd", "add-3-each"], train_tasks=TRAIN)
     rows = t2l.t2l_table(cfg, tmp_path, all_methods(), [0, 1])
-    assert {(r["method"], r["task"]) for r in rows} == {
+    assert {(r.method, r.task) for r in rows} == {
         (m, t) for m in all_methods() for t in ["keep-odd", "add-3-each", "mean"]}
     for r in rows:
-        assert r["n_seeds"] == (1 if r["method"] in t2l.FIXED else 2) and r["n"] == 10
-        assert 0 <= r["mean"] <= 100
+        assert r.n_seeds == (1 if r.method in t2l.FIXED else 2) and r.n == 10
+        assert 0 <= r.mean <= 100
     # The library holds one PEFT adapter per training family, the reconstruction targets.
     for task in TRAIN:
         assert LoraConfig.from_pretrained(tmp_path / "library" / task).r == cfg.rank
-    lora_params = {r["params"] for r in rows if r["method"] in ("task-lora", "mt-lora")}
+    lora_params = {r.params for r in rows if r.method in ("task-lora", "mt-lora")}
     assert lora_params == {import_peft(tmp_path / "library" / TRAIN[0]).num_params}
     # Each description of a family answers its share of the items, and every item is answered.
     verdicts = t2l.T2LTable(cfg, tmp_path).verdicts("t2l-sft-M", 1)

@@ -54,17 +54,17 @@ def test_bad_configs_are_refused(tmp_path, tiny_random):
 
 
 def test_seen_table_runs_every_method_and_resumes(tmp_path, tiny_random, monkeypatch):
-    from t2ray.eval.seen import METHODS, seen_table
+    from t2ray.experiments.seen import METHODS, seen_table
 
     path, cache = tiny_random
     cfg = TrainConfig(model=str(path), svd_cache=str(cache.root), steps=1, prompts_per_step=2,
                       eval_every=1, eval_n=2, threads=1, lora_rank=2, lora_alpha=4.0)
     rows = seen_table(cfg, ["reasoning"], [0, 1], list(METHODS), tmp_path / "seen", n_test=8,
                       results_json=tmp_path / "results.json")
-    assert [r["method"] for r in rows] == ["base", *METHODS]
+    assert [r.method for r in rows] == ["base", *METHODS]
     svf = rows[1]
-    assert svf["n_seeds"] == 2 and svf["params"] == sum(cache.ranks().values())
-    assert 0 <= svf["mcnemar_p_vs_base_seed0"] <= 1
+    assert svf.n_seeds == 2 and svf.params == sum(cache.ranks().values())
+    assert 0 <= svf.get("mcnemar_p_vs_base_seed0") <= 1
     assert json.loads((tmp_path / "results.json").read_text())[0]["table"] == "seen"
     table = (tmp_path / "seen" / "table.md").read_text().splitlines()
     assert table[0].startswith("| task | base | svf-rl (") and table[2].startswith("| reasoning |")
@@ -76,8 +76,8 @@ def test_seen_table_runs_every_method_and_resumes(tmp_path, tiny_random, monkeyp
 
     monkeypatch.setattr(t2ray.rl.launch, "train", no_training)
     again = seen_table(cfg, ["reasoning"], [0, 1], list(METHODS), tmp_path / "seen", n_test=8)
-    assert [(r["method"], r["mean"], r["seeds"] if "seeds" in r else None) for r in again] == [
-        (r["method"], r["mean"], r["seeds"] if "seeds" in r else None) for r in rows]
+    assert [(r.method, r.mean, r.get("seeds")) for r in again] == [
+        (r.method, r.mean, r.get("seeds")) for r in rows]
 
 
 def test_tuning_reads_validation_only_and_overrides_reach_the_run(tmp_path, tiny_random,
@@ -85,7 +85,7 @@ def test_tuning_reads_validation_only_and_overrides_reach_the_run(tmp_path, tiny
     import yaml
 
     import t2ray.eval.harness as harness
-    from t2ray.eval.seen import seen_table, tune_on_validation
+    from t2ray.experiments.seen import seen_table, tune_on_validation
 
     path, cache = tiny_random
     cfg = TrainConfig(model=str(path), svd_cache=str(cache.root), steps=1, prompts_per_step=2,
@@ -97,10 +97,10 @@ def test_tuning_reads_validation_only_and_overrides_reach_the_run(tmp_path, tiny
         splits.append(split)
         return real_evaluate(engine, task, split, n, system)
 
-    import t2ray.eval.seen
+    import t2ray.experiments.seen
     import t2ray.rl.trainer
 
-    for module in (t2ray.rl.trainer, t2ray.eval.seen):
+    for module in (t2ray.rl.trainer, t2ray.experiments.seen):
         monkeypatch.setattr(module, "evaluate_task", recording)
     summary = tune_on_validation(cfg, "reasoning", "svf-rl", {"lr": [0.01, 0.1]},
                                  tmp_path / "tune")
@@ -143,7 +143,7 @@ def test_rl_on_a_closed_label_set_samples_labels(tmp_path, tiny_model):
     emits one), so rewards carry signal; greedy picks are the router's decision."""
     from t2ray.adapt.router import Router
     from t2ray.engines.hf import HFEngine
-    from t2ray.rl.trainer import sample_labels
+    from t2ray.rl.trainer import label_completions, sample_labels
     from t2ray.svf.ops import decompose_model
     from t2ray.tasks import get_task
 
@@ -151,14 +151,16 @@ def test_rl_on_a_closed_label_set_samples_labels(tmp_path, tiny_model):
     route = get_task("route")
     questions = [e.prompt for e in route.examples("validation", 6)]
     engine = HFEngine(model, tok)
-    greedy = [c.text for c in sample_labels(engine, questions, route.labels, 0.0, 0)]
+    greedy = [route.labels[i] for i in sample_labels(engine, questions, route.labels, 0.0, 0)]
     from t2ray.tasks.route import route_prompt
 
     raw = [q.split("Question: ", 1)[1] for q in questions]
     assert [route_prompt(q) for q in raw] == questions
     assert greedy == Router(engine).route(raw)
-    sampled = sample_labels(engine, questions * 4, route.labels, 1.0, 1)
+    sampled = label_completions(tok, route.labels,
+                                sample_labels(engine, questions * 4, route.labels, 1.0, 1))
     assert {c.text for c in sampled} <= set(route.labels)
+    assert len(set(c.text for c in sampled)) > 1
     assert all(tok.decode(c.token_ids) == c.text for c in sampled)
     result = train_loop(asdict(TrainConfig(
         out=str(tmp_path / "route"), task="route", svd_cache=str(decompose_model("tiny", "mlp").root),

@@ -12,6 +12,7 @@ split is never seen here - the reference selected partly on its test remainder.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -22,10 +23,9 @@ from pathlib import Path
 import torch
 
 from t2ray.adapt.member import EngineActor, score_member
-from t2ray.engines.hf import HFEngine, format_prompt
-from t2ray.engines.scoring import answer_logprobs
+from t2ray.engines.base import Engine
+from t2ray.engines.factory import build_engine
 from t2ray.eval.harness import max_new_tokens_for
-from t2ray.models import load_model
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import ExpertVector, mix
 from t2ray.tasks import get_task
@@ -44,6 +44,7 @@ class FewShotConfig:
     concurrency: int = 2  # engine actors = trials running at once
     threads_per_trial: int = 1
     searcher: str = "cem"
+    engine: str = "hf"  # what each engine actor holds: an HF model or a vLLM engine
     seed: int = 0
 
     def __post_init__(self):
@@ -66,40 +67,42 @@ def alpha_mixture(experts: list[ExpertVector], alpha: list[float]) -> ExpertVect
 
 
 class ShotScorer:
-    """Scores mixtures of experts on fixed examples of a task (inside an `EngineActor` in searches)."""
+    """Scores mixtures of experts on fixed examples of a task through any engine (inside an
+    `EngineActor` in searches)."""
 
-    def __init__(self, model: str, svd_cache: str, expert_dirs: list[str], threads: int = 1):
+    def __init__(self, engine: Engine, experts: list[ExpertVector]):
+        self.engine, self.experts = engine, experts
+
+    @classmethod
+    def load(cls, model: str, svd_cache: str, expert_dirs: list[str], threads: int = 1,
+             engine: str = "hf") -> "ShotScorer":
+        """An engine (`hf` or `vllm`) on `model` with the experts in `expert_dirs` (what an
+        actor holds)."""
         torch.set_num_threads(threads)
-        base, tok = load_model(model)
         cache = SVDCache(svd_cache)
-        self.engine = HFEngine(base, tok, svd_cache=cache)
-        self.experts = [ExpertVector.load(d, expect_fingerprint=cache.fingerprint)
-                        for d in expert_dirs]
+        return cls(build_engine(engine, model, svd_cache),
+                   [ExpertVector.load(d, expect_fingerprint=cache.fingerprint)
+                    for d in expert_dirs])
 
     def set_task(self, task: str, shots: int, select: int) -> None:
         """Score on this task from now on (the actor, and its model copy, serve many searches)."""
         self.task = get_task(task)
         examples = self.task.examples("validation", shots + select)
         self.sets = {"shots": examples[:shots], "selection": examples[shots:]}
-        self.max_new_tokens = max_new_tokens_for(self.task, self.engine.tokenizer)
+        self.max_new_tokens = max_new_tokens_for(self.task, self.engine)
         # neighbouring members often give the same answers; each code answer costs a sandbox run
         self.verify = RewardCache(self.task.kind)
 
     def score(self, alpha: list[float], on: str = "shots") -> dict:
         t0 = time.perf_counter()
         examples = self.sets[on]
-        eng, tok = self.engine, self.engine.tokenizer
-        eng.set_expert(alpha_mixture(self.experts, alpha))
-        try:
-            outs = eng.generate([format_prompt(tok, e.prompt) for e in examples],
-                                max_new_tokens=self.max_new_tokens)
-            sums, counts = answer_logprobs(eng.model, tok, [e.prompt for e in examples],
-                                           [e.solution for e in examples])
-        finally:
-            eng.set_expert(None)
+        with self.engine.adapted(alpha_mixture(self.experts, alpha)) as eng:
+            outs = eng.generate([e.prompt for e in examples], max_new_tokens=self.max_new_tokens)
+            per_token = eng.score([e.prompt for e in examples], [e.solution for e in examples],
+                                  per_token=True)
         verdicts = self.verify(examples, [o.text for o in outs])
         accuracy = sum(v == CORRECT for v in verdicts) / len(examples)
-        loglik = float((sums / counts).mean())
+        loglik = float(per_token.mean())
         return {"accuracy": accuracy, "loglik": loglik,
                 "fitness": scalar_fitness(accuracy, loglik),
                 "score_seconds": time.perf_counter() - t0}
@@ -146,6 +149,14 @@ def _search_alg(cfg: FewShotConfig, dim: int, n_experts: int):
                            points_to_evaluate=start)
 
 
+class _NoMissingTrialLogs(logging.Filter):
+    """With the trial loggers off, Tune's result grid warns that it found no metrics file for
+    each trial: expected, so dropped. Every other warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to fetch metrics")
+
+
 @contextmanager
 def _without_trial_logs():
     """Tune writes JSON, CSV and TensorBoard logs for every trial by default: a search of 32 x 10
@@ -154,9 +165,13 @@ def _without_trial_logs():
     key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
     old = os.environ.get(key)
     os.environ[key] = "1"
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    quiet = _NoMissingTrialLogs()
+    analysis_log.addFilter(quiet)
     try:
         yield
     finally:
+        analysis_log.removeFilter(quiet)
         if old is None:
             del os.environ[key]
         else:
@@ -171,8 +186,8 @@ def start_scorers(model: str, svd_cache: str, expert_dirs: list, cfg: FewShotCon
     import ray
 
     scorer = ray.remote(EngineActor).options(num_cpus=0)
-    return [scorer.remote(model, svd_cache, [str(d) for d in expert_dirs], cfg.threads_per_trial)
-            for _ in range(cfg.concurrency)]
+    return [scorer.remote(model, svd_cache, [str(d) for d in expert_dirs], cfg.threads_per_trial,
+                          cfg.engine) for _ in range(cfg.concurrency)]
 
 
 def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str,

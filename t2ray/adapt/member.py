@@ -17,7 +17,7 @@ class EngineActor:
     def __init__(self, *args):
         from t2ray.adapt.fewshot import ShotScorer
 
-        self.scorer = ShotScorer(*args)
+        self.scorer = ShotScorer.load(*args)
 
     def set_task(self, task: str, shots: int, select: int) -> None:
         self.scorer.set_task(task, shots, select)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from t2ray.engines.scoring import label_logprobs
+from t2ray.engines.base import Engine, label_scores
 from t2ray.tasks.route import CATEGORIES, route_prompt
 
 BASE = "other"  # the category that keeps the base weights
@@ -21,16 +21,12 @@ BASE = "other"  # the category that keeps the base weights
 class Router:
     """Scores the routing prompt's labels with the engine's current weights (base or classifier)."""
 
-    engine: object  # HFEngine
+    engine: Engine
     classifier: object | None = None  # ExpertVector for the `classifier` strategy
     categories: tuple[str, ...] = CATEGORIES
 
     def route(self, questions: list[str]) -> list[str]:
-        eng = self.engine
-        eng.set_expert(self.classifier)
-        try:
-            scores = label_logprobs(eng.model, eng.tokenizer,
-                                    [route_prompt(q) for q in questions], list(self.categories))
-        finally:
-            eng.set_expert(None)
+        with self.engine.adapted(self.classifier):
+            scores = label_scores(self.engine, [route_prompt(q) for q in questions],
+                                  list(self.categories))
         return [self.categories[i] for i in scores.argmax(-1).tolist()]

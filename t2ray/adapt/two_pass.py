@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 
 from t2ray.adapt.router import BASE, Router
-from t2ray.engines.hf import format_prompt
 
 
 @dataclass
@@ -48,15 +47,11 @@ class TwoPass:
         groups: dict[str, list[int]] = {}
         for i, c in enumerate(categories):
             groups.setdefault(c, []).append(i)
-        tok = self.engine.tokenizer
-        try:
-            for category, idx in groups.items():
-                self.engine.set_expert(self.expert_for(category))
-                outs = self.engine.generate([format_prompt(tok, questions[i]) for i in idx],
+        for category, idx in groups.items():
+            with self.engine.adapted(self.expert_for(category)):
+                outs = self.engine.generate([questions[i] for i in idx],
                                             max_new_tokens=max_new_tokens)
-                for i, o in zip(idx, outs):
-                    completions[i] = o.text
-        finally:
-            self.engine.set_expert(None)
+            for i, o in zip(idx, outs):
+                completions[i] = o.text
         return TwoPassResult(categories, completions, t1 - t0, time.perf_counter() - t1,
                              {c: len(i) for c, i in groups.items()})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parent / "zero"  # shipped inside the package
 EXTENSIONS_DIR = Path.home() / ".cache" / "t2ray" / "torch_extensions"
 
 
@@ -37,6 +37,23 @@ def clear_stale_build_locks(root: Path, max_age_s: float = 900.0) -> list[Path]:
     return stale
 
 
+def _single_process_group() -> None:
+    """DeepSpeed needs a process group; Ray Train makes one per run, an in-process run
+    (`--workers 0`) gets a one-rank gloo group on a free local port."""
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+
 def initialize(module: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: int,
                grad_clip: float, world_size: int):
     """(DeepSpeed engine, its optimizer). JIT-compiled ops are cached once per machine."""
@@ -46,6 +63,7 @@ def initialize(module: torch.nn.Module, optimizer: torch.optim.Optimizer, stage:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
+    _single_process_group()
     trainable = [p for p in module.parameters() if p.requires_grad]
     config = deepspeed_config(stage, grad_clip, world_size)
     if stage == 3:

@@ -1,7 +1,11 @@
-"""What every training loop here shares, in-process or inside a Ray Train worker: the rank,
-prompt + completion batches and the completion-only next-token loss, one optimiser step (plain
-all-reduce or DeepSpeed), and checkpoints of the trainable tensors through `ray.train.report`
-with resume from the latest one.
+"""The one training skeleton, in-process or inside a Ray Train worker.
+
+A recipe (RL, T2L, pretraining) builds its components once from its typed config - the module
+that trains, optimiser, schedule, a `step` that returns the loss of one batch, a `validate` -
+into a `Trainable`; `train_steps` then steps, reports and checkpoints without knowing what it
+trains. Also here: the rank, prompt + completion batches, the completion-only next-token loss,
+the learning-rate schedule, one optimiser step (plain all-reduce or DeepSpeed), and checkpoints
+of the trainable tensors through `ray.train.report` with resume from the latest one.
 
 Only parameters with requires_grad are checkpointed (z, a LoRA, a hypernetwork); frozen base
 weights are rebuilt from the model files."""
@@ -9,11 +13,103 @@ weights are rebuilt from the model files."""
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+SCHEDULES = ("cosine", "constant")
+
+
+def lr_factor(step: int, steps: int, kind: str = "cosine", warmup: int = 0,
+              min_ratio: float = 0.0) -> float:
+    """Multiplier of the base learning rate at `step`: linear warmup over `warmup` steps, then
+    a cosine from 1 to `min_ratio` at `steps` (or constant 1)."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+    if kind == "constant":
+        return 1.0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def scheduler(opt: torch.optim.Optimizer, steps: int, kind: str = "cosine", warmup: int = 0,
+              min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, steps, kind, warmup, min_ratio))
+
+
+@dataclass
+class Trainable:
+    """What a recipe builds once and `train_steps` runs.
+
+    `step(i)` returns (loss, stats) for step i; a "tokens" stat becomes `tokens_per_s` over the
+    whole step (optimiser included). `validate()` returns metrics read on validation data.
+    """
+
+    module: torch.nn.Module  # its requires_grad parameters train and are checkpointed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: Callable[[int], tuple[torch.Tensor, dict]]
+    validate: Callable[[], dict]
+    ds_engine: object | None = None  # DeepSpeed engine wrapping `module`, if any
+    save: Callable[[list[dict]], None] = lambda history: None  # rank 0, after the last step
+    close: Callable[[], None] = lambda: None  # every rank, at the end, also after a failure
+
+
+def run_recipe(cfg, build: Callable[[object], Trainable], desc: str) -> list[dict]:
+    """A recipe from its typed config (with steps, grad_clip, eval_every, checkpoint_every,
+    threads and validate()): build once, run the loop, save on rank 0; the history."""
+    cfg.validate()
+    torch.set_num_threads(cfg.threads)
+    parts = build(cfg)
+    try:
+        history = train_steps(parts, cfg.steps, cfg.grad_clip, cfg.eval_every,
+                              cfg.checkpoint_every, desc)
+        if distributed()[0] == 0:
+            parts.save(history)
+    finally:
+        parts.close()
+    return history
+
+
+def train_steps(parts: Trainable, steps: int, grad_clip: float, eval_every: int,
+                checkpoint_every: int, desc: str) -> list[dict]:
+    """Run steps [resumed step, steps): step, optimiser, validation, report, checkpoint. The
+    metrics of every step go to Ray Train (the dashboard); the console shows a progress bar."""
+    from tqdm import tqdm
+
+    rank, world = distributed()
+    params = [p for p in parts.module.parameters() if p.requires_grad]
+    start = resume(parts.module, parts.optimizer, parts.scheduler, parts.ds_engine)
+    history: list[dict] = []
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=rank != 0,
+               mininterval=2)
+    for step in bar:
+        t0 = time.perf_counter()
+        loss, stats = parts.step(step)
+        grad_norm = optimizer_step(loss, params, parts.optimizer, parts.scheduler, grad_clip,
+                                   world, parts.ds_engine)
+        tokens = stats.pop("tokens", None)
+        if tokens is not None:
+            stats["tokens_per_s"] = tokens / (time.perf_counter() - t0)
+        stats.update(step=step + 1, grad_norm=grad_norm, lr=parts.scheduler.get_last_lr()[0])
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            stats.update(parts.validate())
+        history.append(stats)
+        bar.set_postfix({k: round(v, 4) for k, v in stats.items()
+                         if k in ("loss", "reward_mean", "val_accuracy")
+                         and isinstance(v, float)}, refresh=False)
+        report(stats, parts.module, parts.optimizer, parts.scheduler, step + 1,
+               checkpoint_every, steps, rank, parts.ds_engine)
+    return history
 
 DS_TAG = "t2ray"  # DeepSpeed checkpoint tag inside each Ray Train checkpoint
 
@@ -86,14 +182,12 @@ def resume(module, opt, sched, ds_engine=None) -> int:
 
 def report(stats: dict, module, opt, sched, step: int, checkpoint_every: int, total_steps: int,
            rank: int, ds_engine=None) -> None:
-    """Metrics every step (the Ray dashboard shows them); a checkpoint every few steps.
+    """Metrics every step to Ray Train (the dashboard shows them); a checkpoint every few steps.
 
     Without DeepSpeed rank 0 saves the trainable weights and optimizer state; with DeepSpeed
     every rank saves its optimizer partition and Ray Train gathers them into one checkpoint.
     """
     printable = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
-    if rank == 0:
-        print(json.dumps(printable), flush=True)
     if not in_ray_train():
         return
     import ray.train
@@ -129,7 +223,8 @@ def save_history(history: list[dict], out: Path, png_name: str, key: str, title:
             f.write(json.dumps(row) + "\n")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([h["step"] for h in history], [h[key] for h in history], label=f"train {key}")
-    val = [(h["step"], h["val_accuracy"]) for h in history if "val_accuracy" in h]
+    val = [(h["step"], h["val_accuracy"]) for h in history
+           if isinstance(h.get("val_accuracy"), float)]
     if val:
         ax2 = ax.twinx()
         ax2.plot(*zip(*val), "o-", color="tab:orange", label="validation accuracy")

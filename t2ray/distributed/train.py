@@ -42,12 +42,32 @@ def launch(train_fn: Callable[[dict], dict], cfg, workers: int, use_gpu: bool = 
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     if workers == 0:
-        return train_fn(asdict(cfg))
-    import ray
+        result = train_fn(asdict(cfg))
+    else:
+        from t2ray.distributed.ray_env import ensure_ray
 
-    if not ray.is_initialized():
-        ray.init()  # joins RAY_ADDRESS (e.g. under `ray job submit`) or starts a local Ray
-    cfg.threads = max(1, cfg.threads // workers) if not use_gpu else cfg.threads
-    return run_on_ray(train_fn, asdict(cfg), workers, name=out.name,
-                      storage_path=out / "ray_train", use_gpu=use_gpu,
-                      cpus_per_worker=1.0, max_failures=max_failures)
+        ensure_ray(quiet=False)
+        cfg.threads = max(1, cfg.threads // workers) if not use_gpu else cfg.threads
+        result = run_on_ray(train_fn, asdict(cfg), workers, name=out.name,
+                            storage_path=out / "ray_train", use_gpu=use_gpu,
+                            cpus_per_worker=1.0, max_failures=max_failures)
+    _summary(result.get("history") or [], out)
+    return result
+
+
+SUMMARY_KEYS = ("step", "loss", "reward_mean", "val_accuracy", "grad_norm")
+
+
+def _summary(history: list[dict], out: Path) -> None:
+    """The end of a run for people: the last step's main metrics and where the files are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if history:
+        last = history[-1]
+        table = Table(*(k for k in SUMMARY_KEYS if k in last), title="last step")
+        table.add_row(*(f"{last[k]:.4g}" if isinstance(last[k], float) else str(last[k])
+                        for k in SUMMARY_KEYS if k in last))
+        console.print(table)
+    console.print(f"outputs in {out} (metrics.jsonl has every step)")

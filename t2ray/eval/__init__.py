@@ -1,1 +1,1 @@
-"""Evaluation harness: accuracy with confidence intervals, tables, plots."""
+"""Scoring a task with any engine (harness), statistics, and the result rows and tables."""

@@ -1,4 +1,4 @@
-"""Greedy evaluation of a model on task splits: accuracy with 95% Wilson intervals."""
+"""Greedy evaluation of any engine on task splits: accuracy with 95% Wilson intervals."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-from t2ray.engines.hf import format_prompt
+from t2ray.engines.base import Engine
+from t2ray.models.prompt import Prompt
 from t2ray.tasks import Task
 from t2ray.tasks.rewards import CORRECT, rewards
 
@@ -41,20 +42,21 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def max_new_tokens_for(task: Task, tokenizer, margin: float = 1.5) -> int:
+def max_new_tokens_for(task: Task, engine: Engine, margin: float = 1.5) -> int:
     """Room for the longest validation solution, with margin (decided on validation, not test)."""
-    longest = max(len(tokenizer(e.solution)["input_ids"]) for e in task.examples("validation", 50))
+    longest = max(engine.count_tokens([e.solution for e in task.examples("validation", 50)]))
     return int(longest * margin) + 8
 
 
-def score_examples(engine, task: Task, examples: list, system: str | None = None) -> list[bool]:
+def score_examples(engine: Engine, task: Task, examples: list,
+                   system: str | None = None) -> list[bool]:
     """Greedy answers to `examples` (with `system` as the system turn), one verdict each."""
-    prompts = [format_prompt(engine.tokenizer, e.prompt, system) for e in examples]
-    completions = engine.generate(prompts, max_new_tokens=max_new_tokens_for(task, engine.tokenizer))
+    completions = engine.generate([Prompt(e.prompt, system) for e in examples],
+                                  max_new_tokens=max_new_tokens_for(task, engine))
     return [s == CORRECT for s in rewards(task.kind, examples, [c.text for c in completions])]
 
 
-def evaluate_task(engine, task: Task, split: str = "test", n: int | None = None,
+def evaluate_task(engine: Engine, task: Task, split: str = "test", n: int | None = None,
                   system: str | None = None) -> EvalRow:
     t0 = time.perf_counter()
     examples = task.examples(split, n)

@@ -2,8 +2,9 @@
 
 The scale is written so that every backend applies the same delta: we export `lora_alpha =
 scale * r` with `use_rslora: false`, because alpha / r is the one convention PEFT and vLLM both
-implement (a backend that ignores rsLoRA applies the wrong scale otherwise - ANCHORS.md). The
-training-time rank, alpha and rsLoRA flag are kept in `t2ray_adapter.json` beside it.
+implement (a backend that ignores rsLoRA applies the wrong scale otherwise - ANCHORS.md). Our
+manifest (`t2ray.artifacts`) lives beside PEFT's files in `t2ray_adapter.json`, which PEFT
+ignores: base fingerprint, modules and shapes, and the training-time rank, alpha and rsLoRA flag.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-import t2ray
+from t2ray.artifacts import Format, not_found, read_manifest, write_manifest
 from t2ray.lora.weights import LoraWeights
 
 PREFIX = "base_model.model."
+PEFT_CONFIG = "adapter_config.json"
+LORA_ADAPTER = Format("t2ray.lora-adapter", 1, "a LoRA adapter",
+                      make="make one with `t2ray lora train` or `t2ray t2l generate`",
+                      refit="train it again on this base (`t2ray lora train`) or generate it "
+                            "with a T2L checkpoint of this base",
+                      filename="t2ray_adapter.json", untagged_v1=True)
 
 
-def export_peft(lora: LoraWeights, out: str | Path, base_model: str = "") -> Path:
+def export_peft(lora: LoraWeights, out: str | Path, base_model: str = "",
+                base_fingerprint: str | None = None) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -34,19 +42,24 @@ def export_peft(lora: LoraWeights, out: str | Path, base_model: str = "") -> Pat
         "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
         "modules_to_save": None,
     }
-    (out / "adapter_config.json").write_text(json.dumps(config, indent=1))
-    (out / "t2ray_adapter.json").write_text(json.dumps({
-        "t2ray_version": t2ray.__version__, "rank": lora.rank, "alpha": lora.alpha,
-        "use_rslora": lora.use_rslora, "scale": lora.scale, "meta": lora.meta}, indent=1))
+    (out / PEFT_CONFIG).write_text(json.dumps(config, indent=1))
+    write_manifest(out, LORA_ADAPTER, base_fingerprint=base_fingerprint,
+                   modules={n: (lora.b[n].shape[0], lora.a[n].shape[1]) for n in lora.a},
+                   base_model=base_model, rank=lora.rank, alpha=lora.alpha,
+                   use_rslora=lora.use_rslora, scale=lora.scale, meta=lora.meta)
     return out
 
 
-def import_peft(path: str | Path) -> LoraWeights:
-    """Read any PEFT LoRA directory (ours or PEFT's own) into LoraWeights with its exact scale."""
+def import_peft(path: str | Path, expect_fingerprint: str | None = None) -> LoraWeights:
+    """Read any PEFT LoRA directory (ours or PEFT's own) into LoraWeights with its exact scale.
+    Ours is refused if made for a base other than `expect_fingerprint`; PEFT's own record no
+    base, so no check is possible there."""
     path = Path(path)
-    config_path = path / "adapter_config.json"
+    config_path = path / PEFT_CONFIG
     if not config_path.exists():
-        raise FileNotFoundError(f"{path} is not a PEFT adapter (no adapter_config.json)")
+        raise not_found(path, (LORA_ADAPTER,), PEFT_CONFIG)
+    if (path / LORA_ADAPTER.filename).exists():
+        read_manifest(path, LORA_ADAPTER, expect_fingerprint=expect_fingerprint)
     cfg = json.loads(config_path.read_text())
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{path}: peft_type {cfg.get('peft_type')!r}, expected 'LORA'")

@@ -37,7 +37,17 @@ def resolve_model_path(name_or_path: str | Path) -> str:
                 "`t2ray base pretrain --out DIR --install`"
             )
         return str(TINY_DIR)
-    return str(name_or_path)
+    name = str(name_or_path)
+    if _looks_local(name) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"no model at {name}: the path does not exist (give a model "
+                                "directory, `tiny`, or a hub id such as org/name)")
+    return str(Path(name).expanduser()) if _looks_local(name) else name
+
+
+def _looks_local(name: str) -> bool:
+    """A filesystem path rather than a hub id (`org/name`): absolute, home- or dot-relative, or
+    anything that exists on disk."""
+    return name.startswith(("/", "~", "./", "../")) or name in (".", "..") or Path(name).exists()
 
 
 def load_tokenizer(name_or_path: str | Path):

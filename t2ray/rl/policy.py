@@ -10,10 +10,14 @@ the same W'x, at the price of two extra thin matmuls per layer.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.func import functional_call
 
+from t2ray.lora.peft_io import export_peft
 from t2ray.lora.weights import LoraWeights, batched_lora, init_lora
+from t2ray.models import weights_fingerprint
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import ExpertVector, SVFParam, compose_weight
 
@@ -94,6 +98,13 @@ class SVFPolicy(torch.nn.Module):
         e.metrics = metrics or {}
         return e
 
+    def adapter(self) -> ExpertVector:
+        """What an engine needs to follow this policy: z only."""
+        return self.expert()
+
+    def save(self, out: Path, task: str, metrics: dict, base_model: str) -> Path:
+        return self.expert(task=task, metrics=metrics).save(out / "expert")
+
 
 class LoraPolicy(torch.nn.Module):
     """The LoRA baseline (q, v projections, rank 16, alpha 32 in the paper) with the same loop."""
@@ -124,3 +135,11 @@ class LoraPolicy(torch.nn.Module):
     @torch.no_grad()
     def base_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def adapter(self) -> LoraWeights:
+        return self.lora()
+
+    def save(self, out: Path, task: str, metrics: dict, base_model: str) -> Path:
+        """The LoRA as a PEFT adapter directory (`<out>/lora`)."""
+        return export_peft(self.lora(), out / "lora", base_model=base_model,
+                           base_fingerprint=weights_fingerprint(self.model))

@@ -1,37 +1,37 @@
 """The RL / SFT training recipe for SVF experts and the LoRA baseline.
 
-Reads top to bottom: set up (model, SVD cache, policy, optimiser, resume) -> loop (rollouts from
-the engine, verifiable rewards, REINFORCE + KL or SFT, step, metrics, checkpoint) -> save the
-expert. `train_loop` runs in-process or as a Ray Train worker (then each worker generates its
-share of the rollouts and gradients are averaged across workers).
+Reads top to bottom: components built once from the config (policy, rollout engine, objective,
+optimiser, schedule) -> the shared loop (`distributed.loop.train_steps`: step, validate, report,
+checkpoint) -> save the expert or LoRA. `train_loop` runs in-process or as a Ray Train worker
+(then each worker generates its share of the rollouts and gradients are averaged across workers).
 """
 
 from __future__ import annotations
 
-import math
 import random
-import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
 
 from t2ray.distributed.loop import (
+    Trainable,
     completion_batch,
     distributed,
-    optimizer_step,
-    report,
-    resume,
+    run_recipe,
     save_history,
+    scheduler,
     sft_loss,
 )
-from t2ray.engines.hf import Completion, HFEngine, format_prompt
+from t2ray.engines.base import Completion, Engine, label_scores
+from t2ray.engines.hf import HFEngine
 from t2ray.engines.lockstep import LockstepEngine
-from t2ray.engines.scoring import label_logprobs
 from t2ray.eval.harness import evaluate_task, max_new_tokens_for
 from t2ray.models import load_model
+from t2ray.models.prompt import Prompt, prompt_ids
 from t2ray.rl.policy import LoraPolicy, SVFPolicy
 from t2ray.rl.reinforce import ReinforceConfig, reinforce_loss
 from t2ray.svf.cache import SVDCache
@@ -75,6 +75,11 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     deepspeed_stage: int | None = None
+    # rollouts and validation: "hf" (the policy's model in this process) or "vllm" (one vLLM
+    # engine actor for the run, following z; it replaces the lock-step engine under ZeRO-3)
+    engine: str = "hf"
+    engine_cpus: float = 1.0  # the vLLM actor's Ray CPUs (GPUs on a cluster: engine_gpus)
+    engine_gpus: float = 0.0
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -87,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"objective must be 'rl' or 'sft', not {self.objective!r}")
         if self.policy == "svf" and not self.svd_cache:
             raise ValueError("an SVF policy needs svd_cache (run `t2ray svf decompose`)")
+        if self.engine not in ("hf", "vllm"):
+            raise ValueError(f"engine must be 'hf' or 'vllm', not {self.engine!r}")
         if self.optimizer not in ("adamw-cosine", "adam-constant"):
             raise ValueError(f"unknown optimizer preset {self.optimizer!r}")
         if self.deepspeed_stage == 3 and self.policy == "lora":
@@ -129,18 +136,17 @@ def _build_policy(cfg: TrainConfig, model) -> torch.nn.Module:
 def _optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, object]:
     if cfg.optimizer == "adam-constant":
         opt = torch.optim.Adam(params, lr=cfg.lr)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        return opt, scheduler(opt, cfg.steps, "constant")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    return opt, torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    return opt, scheduler(opt, cfg.steps, "cosine")
 
 
-def label_distribution(engine: HFEngine, questions: list[str], labels: tuple[str, ...],
+def label_distribution(engine: Engine, questions: list[str], labels: tuple[str, ...],
                        temperature: float) -> torch.Tensor:
     """(B, K): p(label | question) = softmax over the closed set of the labels' per-token
-    log-probabilities / T (`label_logprobs`, the router's scores), under the engine's current
+    log-probabilities / T (`label_scores`, the router's scores), under the engine's current
     weights; one-hot on the best label at T = 0."""
-    scores = label_logprobs(engine.model, engine.tokenizer, questions, list(labels))
+    scores = label_scores(engine, questions, list(labels))
     if temperature > 0:
         return torch.softmax(scores / temperature, -1)
     return torch.nn.functional.one_hot(scores.argmax(-1), len(labels)).to(scores.dtype)
@@ -151,21 +157,20 @@ def label_completions(tok, labels: tuple[str, ...], picks: list[int]) -> list[Co
             for i in picks]
 
 
-def sample_labels(engine: HFEngine, questions: list[str], labels: tuple[str, ...],
-                  temperature: float, seed: int, per_question: int = 1) -> list[Completion]:
-    """Rollouts on a closed answer set: `per_question` labels per question (adjacent), each
-    drawn from `label_distribution` (greedy at T = 0)."""
+def sample_labels(engine: Engine, questions: list[str], labels: tuple[str, ...],
+                  temperature: float, seed: int, per_question: int = 1) -> list[int]:
+    """Rollouts on a closed answer set: `per_question` label indices per question (adjacent),
+    each drawn from `label_distribution` (greedy at T = 0)."""
     probs = label_distribution(engine, questions, labels, temperature)
     g = torch.Generator().manual_seed(seed)
-    picks = torch.multinomial(probs, per_question, replacement=True, generator=g)
-    return label_completions(engine.tokenizer, labels, picks.flatten().tolist())
+    return torch.multinomial(probs, per_question, replacement=True, generator=g).flatten().tolist()
 
 
-def label_accuracy(engine: HFEngine, task, split: str, n: int) -> float:
+def label_accuracy(engine: Engine, task, split: str, n: int) -> float:
     """Share of items whose highest-scoring label is the answer (the router's decision rule)."""
     examples = task.examples(split, n)
     picks = sample_labels(engine, [e.prompt for e in examples], task.labels, 0.0, 0)
-    return sum(c.text == e.answer for c, e in zip(picks, examples)) / len(examples)
+    return sum(task.labels[i] == e.answer for i, e in zip(picks, examples)) / len(examples)
 
 
 def _verify(verifiers: dict[str, RewardCache], examples, texts) -> list[float]:
@@ -179,27 +184,11 @@ def _verify(verifiers: dict[str, RewardCache], examples, texts) -> list[float]:
     return out
 
 
-@contextmanager
-def _following(engine, policy):
-    """The engine generates with the policy's current weights inside the block. Only z (or the
-    LoRA weights) travels to an HF engine, which rebuilds W' itself; a lock-step engine runs the
-    policy's own forward and needs nothing."""
-    if isinstance(engine, LockstepEngine):
-        yield engine
-        return
-    if isinstance(policy, SVFPolicy):
-        engine.set_expert(policy.expert())
-    else:
-        engine.set_lora(policy.lora())
-    try:
-        yield engine
-    finally:
-        engine.reset()  # the training forward substitutes W' itself
-
-
 def sync_bytes(policy) -> int:
-    """Bytes an engine needs per step to follow the policy (z or the LoRA weights, fp32)."""
-    return sum(p.numel() * 4 for p in policy.parameters() if p.requires_grad)
+    """Bytes an engine needs per step to follow the policy (z or the LoRA weights, fp32).
+    Under ZeRO-3 a parameter may be empty between forwards; `ds_numel` is its whole size."""
+    return sum(getattr(p, "ds_numel", p.numel()) * 4 for p in policy.parameters()
+               if p.requires_grad)
 
 
 def full_copy_bytes(model: torch.nn.Module) -> int:
@@ -214,15 +203,80 @@ def local_weight_bytes(model: torch.nn.Module) -> int:
                for p in model.parameters())
 
 
-def train_loop(config: dict) -> dict:
-    """One worker's training loop (in-process or under Ray Train)."""
-    cfg = TrainConfig(**config)
-    cfg.validate()
-    torch.set_num_threads(cfg.threads)
+@dataclass
+class RolloutSource:
+    """Where rollouts come from: an engine, and how it runs the policy's current weights.
+
+    An HF or vLLM engine follows the policy by z (or the LoRA weights) alone and rebuilds W'
+    itself; the lock-step engine under ZeRO-3 is the policy's own forward and needs nothing."""
+
+    engine: Engine
+    following: Callable[[], object]  # a context manager: the engine runs the current policy
+    close: Callable[[], None] = lambda: None
+
+
+def _vllm_source(cfg: TrainConfig, policy) -> RolloutSource:
+    """One vLLM engine actor for the whole run, shared by every rank. A LoRA travels with each
+    request, so every rank adapts its own requests; z lives in the engine, so rank 0 sends it
+    after each optimiser step (all ranks hold the same z) and every rank waits for that before
+    it asks for rollouts, and for every rank's rollouts before the next send."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    from t2ray.distributed.ray_env import ensure_ray
+    from t2ray.engines.vllm import VLLMConfig, VLLMEngine, start_engine_actor
+
+    ensure_ray()
+    rank, world = distributed()
+    vcfg = VLLMConfig(model=cfg.model, svd_cache=cfg.svd_cache, seed=cfg.seed,
+                      max_lora_rank=max(16, cfg.lora_rank), num_cpus=cfg.engine_cpus,
+                      num_gpus=cfg.engine_gpus)
+    name = "t2ray-vllm-" + hashlib.sha1(str(Path(cfg.out).resolve()).encode()).hexdigest()[:12]
+    engine = VLLMEngine(vcfg, actor=start_engine_actor(vcfg, name=name))
+
+    def barrier() -> None:
+        if world > 1:
+            dist.barrier()
+
+    @contextmanager
+    def following():
+        if cfg.policy == "lora":
+            with engine.adapted(policy.adapter()):
+                yield
+            return
+        with engine.adapted(policy.adapter()) if rank == 0 else nullcontext():
+            barrier()  # z is in the engine
+            try:
+                yield
+            finally:
+                barrier()  # every rank's rollouts are done
+
+    def close() -> None:
+        # every rank's last use of the engine ended at validation's closing barrier
+        import ray
+
+        if rank == 0:
+            ray.kill(engine.actor)
+        engine.close()
+
+    return RolloutSource(engine, following, close)
+
+
+def rollout_source(cfg: TrainConfig, model, tok, policy, ds_engine) -> RolloutSource:
+    if cfg.engine == "vllm":
+        return _vllm_source(cfg, policy)
+    if cfg.deepspeed_stage == 3:
+        # The weights are partitioned: generate through the policy's forward, ranks in step.
+        return RolloutSource(LockstepEngine(ds_engine, tok, name=cfg.model), nullcontext)
+    engine = HFEngine(model, tok, svd_cache=getattr(policy, "cache", None), name=cfg.model)
+    return RolloutSource(engine, lambda: engine.adapted(policy.adapter()))
+
+
+def build(cfg: TrainConfig) -> Trainable:
+    """Every component of a run, from its config."""
     rank, world = distributed()
     torch.manual_seed(cfg.seed + rank)
-
-    # --- set up
     model, tok = load_model(cfg.model)
     policy = _build_policy(cfg, model)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -232,98 +286,93 @@ def train_loop(config: dict) -> dict:
         from t2ray.distributed.deepspeed import initialize
 
         ds_engine, opt = initialize(policy, opt, cfg.deepspeed_stage, cfg.grad_clip, world)
-    if cfg.deepspeed_stage == 3:
-        # The weights are partitioned: generate through the policy's forward, ranks in step.
-        engine = LockstepEngine(ds_engine, tok)
-    else:
-        engine = HFEngine(model, tok, svd_cache=getattr(policy, "cache", None))
+    rollouts = rollout_source(cfg, model, tok, policy, ds_engine)
+    forward = ds_engine or policy
     tasks = [get_task(name) for name in cfg.task.split(",")]
     by_name = {t.name: t for t in tasks}
     train_examples = [e for t in tasks for e in t.examples("train")]
-    max_new = max(max_new_tokens_for(t, tok) for t in tasks)
+    max_new = max(max_new_tokens_for(t, rollouts.engine) for t in tasks)
     verifiers = {t.name: RewardCache(t.kind) for t in tasks}
     labels = tasks[0].labels  # all tasks of a run have one, or none do (validate)
-    start_step = resume(policy, opt, sched, ds_engine)
     local_prompts = max(1, cfg.prompts_per_step // world)
     # rollouts per prompt: every label of the closed set, or the samples drawn
     per_prompt = len(labels) if cfg.label_rollouts == "all" else cfg.samples_per_prompt
     rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, per_prompt, cfg.logprob_reduction)
-    history: list[dict] = []
+    sizes = {"sync_bytes": sync_bytes(policy), "full_copy_bytes": full_copy_bytes(model),
+             "local_weight_bytes": local_weight_bytes(model)}
 
-    # --- loop
-    from tqdm import tqdm
-
-    for step in tqdm(range(start_step, cfg.steps), desc=f"{cfg.policy}-{cfg.objective}",
-                     initial=start_step, total=cfg.steps, disable=rank != 0):
-        t0 = time.perf_counter()
+    def batch(step: int) -> tuple[list, list[Prompt], list[list[int]]]:
         rng = random.Random(f"{cfg.seed}|{step}|{rank}")
         examples = rng.sample(train_examples, local_prompts)
-        systems = [rng.choice(by_name[e.task].descriptions) if cfg.describe else None
+        prompts = [Prompt(e.prompt, rng.choice(by_name[e.task].descriptions) if cfg.describe
+                          else None) for e in examples]
+        return examples, prompts, [prompt_ids(tok, p) for p in prompts]
+
+    def rollout(step: int, examples, prompts) -> tuple[list[Completion], torch.Tensor | None]:
+        """Completions, one row per rollout, and their weights when they enumerate a set."""
+        seed = cfg.seed * 100_003 + step * 101 + rank
+        questions = [e.prompt for e in examples]
+        engine = rollouts.engine
+        with rollouts.following():
+            if labels and cfg.label_rollouts == "all":
+                weights = label_distribution(engine, questions, labels, cfg.temperature)
+                return label_completions(tok, labels, list(range(len(labels))) * len(examples)), \
+                    weights.flatten()
+            if labels:
+                return label_completions(tok, labels, sample_labels(
+                    engine, questions, labels, cfg.temperature, seed, per_prompt)), None
+            return engine.generate([p for p in prompts for _ in range(per_prompt)],
+                                   max_new_tokens=max_new, temperature=cfg.temperature,
+                                   seed=seed), None
+
+    def rl_step(step: int) -> tuple[torch.Tensor, dict]:
+        examples, prompts, ids_of = batch(step)
+        rows = [i for i in range(len(examples)) for _ in range(per_prompt)]
+        completions, weights = rollout(step, examples, prompts)
+        rewards = torch.tensor(_verify(verifiers, [examples[i] for i in rows],
+                                       [c.text for c in completions]))
+        ids, attn, comp = completion_batch(
+            [ids_of[i] for i in rows],
+            [c.token_ids + [tok.eos_token_id] for c in completions], tok.pad_token_id)
+        base = policy.base_logits(ids, attn) if cfg.kl_coef > 0 else None
+        loss, stats = reinforce_loss(forward(ids, attn), ids, comp, rewards, rl_cfg,
+                                     base_logits=base, weights=weights)
+        return loss, {**stats, **sizes, "tokens": int(attn.sum())}
+
+    def sft_step(step: int) -> tuple[torch.Tensor, dict]:
+        examples, _, ids_of = batch(step)
+        answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
                    for e in examples]
-        prompts = [format_prompt(tok, e.prompt, s) for e, s in zip(examples, systems)]
-        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        if cfg.objective == "rl":
-            rows = [i for i in range(len(examples)) for _ in range(per_prompt)]
-            seed = cfg.seed * 100_003 + step * 101 + rank
-            weights = None
-            with _following(engine, policy):
-                if labels and cfg.label_rollouts == "all":
-                    weights = label_distribution(engine, [e.prompt for e in examples], labels,
-                                                 cfg.temperature).flatten()
-                    completions = label_completions(tok, labels,
-                                                    list(range(len(labels))) * len(examples))
-                elif labels:
-                    completions = sample_labels(engine, [e.prompt for e in examples], labels,
-                                                cfg.temperature, seed, cfg.samples_per_prompt)
-                else:
-                    completions = engine.generate([prompts[i] for i in rows], max_new,
-                                                  temperature=cfg.temperature, seed=seed)
-            rewards = torch.tensor(_verify(verifiers, [examples[i] for i in rows],
-                                           [c.text for c in completions]))
-            ids, attn, comp = completion_batch(
-                [prompt_ids[i] for i in rows],
-                [c.token_ids + [tok.eos_token_id] for c in completions], tok.pad_token_id)
-            logits = (ds_engine or policy)(ids, attn)
-            base = policy.base_logits(ids, attn) if cfg.kl_coef > 0 else None
-            loss, stats = reinforce_loss(logits, ids, comp, rewards, rl_cfg, base_logits=base,
-                                         weights=weights)
-        else:
-            answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
-                       for e in examples]
-            ids, attn, comp = completion_batch(prompt_ids, answers, tok.pad_token_id)
-            loss = sft_loss((ds_engine or policy)(ids, attn), ids, comp)
-            stats = {"loss": loss.item(), "completion_tokens": int(comp.sum())}
-        grad_norm = optimizer_step(loss, params, opt, sched, cfg.grad_clip, world, ds_engine)
-        stats.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0],
-                     tokens_per_s=int(attn.sum()) / (time.perf_counter() - t0),
-                     sync_bytes=sync_bytes(policy), full_copy_bytes=full_copy_bytes(model),
-                     local_weight_bytes=local_weight_bytes(model))
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            with _following(engine, policy):
-                stats["val_accuracy"] = sum(
-                    (label_accuracy(engine, t, "validation", cfg.eval_n) if labels else
-                     evaluate_task(engine, t, "validation", cfg.eval_n,
-                                   t.descriptions[0] if cfg.describe else None).accuracy)
-                    for t in tasks) / len(tasks)
-        history.append(stats)
-        report(stats, policy, opt, sched, step + 1, cfg.checkpoint_every, cfg.steps, rank,
-               ds_engine)
+        ids, attn, comp = completion_batch(ids_of, answers, tok.pad_token_id)
+        loss = sft_loss(forward(ids, attn), ids, comp)
+        return loss, {"loss": loss.item(), "completion_tokens": int(comp.sum()), **sizes,
+                      "tokens": int(attn.sum())}
 
-    if rank == 0:
-        _save(policy, cfg, history)
-    return {"history": history, "sync_bytes": sync_bytes(policy),
-            "full_copy_bytes": full_copy_bytes(model)}
+    def validate() -> dict:
+        engine = rollouts.engine
+        with rollouts.following():
+            accs = [label_accuracy(engine, t, "validation", cfg.eval_n) if labels else
+                    evaluate_task(engine, t, "validation", cfg.eval_n,
+                                  t.descriptions[0] if cfg.describe else None).accuracy
+                    for t in tasks]
+        return {"val_accuracy": sum(accs) / len(accs)}
+
+    def save(history: list[dict]) -> None:
+        out = Path(cfg.out)
+        save_history(history, out, "reward_curve.png",
+                     "reward_mean" if cfg.objective == "rl" else "loss",
+                     f"{cfg.policy}-{cfg.objective} on {cfg.task}")
+        final = {k: v for k, v in history[-1].items()
+                 if k in ("val_accuracy", "reward_mean", "step")}
+        policy.save(out, cfg.task, final, cfg.model)
+
+    step_fn = rl_step if cfg.objective == "rl" else sft_step
+    return Trainable(policy, opt, sched, step_fn, validate, ds_engine, save, rollouts.close)
 
 
-def _save(policy, cfg: TrainConfig, history: list[dict]) -> None:
-    out = Path(cfg.out)
-    save_history(history, out, "reward_curve.png",
-                 "reward_mean" if cfg.objective == "rl" else "loss",
-                 f"{cfg.policy}-{cfg.objective} on {cfg.task}")
-    final = {k: v for k, v in history[-1].items() if k in ("val_accuracy", "reward_mean", "step")}
-    if isinstance(policy, SVFPolicy):
-        policy.expert(task=cfg.task, metrics=final).save(out / "expert")
-    else:
-        from t2ray.lora.peft_io import export_peft
-
-        export_peft(policy.lora(), out / "lora", base_model=cfg.model)
+def train_loop(config: dict) -> dict:
+    """One worker's training run (in-process or under Ray Train)."""
+    cfg = TrainConfig(**config)
+    history = run_recipe(cfg, build, desc=f"{cfg.policy}-{cfg.objective}")
+    return {"history": history, "sync_bytes": history[-1]["sync_bytes"],
+            "full_copy_bytes": history[-1]["full_copy_bytes"]}

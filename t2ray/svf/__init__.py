@@ -10,10 +10,16 @@ from t2ray.svf.apply import (
 )
 from t2ray.svf.cache import SVDCache, decompose
 from t2ray.svf.expert import ExpertLibrary, ExpertVector, SVFParam, compose_weight, mix
-from t2ray.svf.targets import count_lora_params, count_svf_params, find_targets, resolve_targets
+from t2ray.svf.targets import (
+    config_targets,
+    count_lora_params,
+    count_svf_params,
+    find_targets,
+    resolve_targets,
+)
 from t2ray.svf.transfer import transfer
 
 __all__ = ["SVDCache", "decompose", "ExpertVector", "ExpertLibrary", "SVFParam", "compose_weight",
            "mix", "apply_expert", "restore_weights", "recomposed", "factorized",
-           "install_factorized", "uninstall_factorized",
-           "find_targets", "resolve_targets", "count_svf_params", "count_lora_params", "transfer"]
+           "install_factorized", "uninstall_factorized", "find_targets", "config_targets",
+           "resolve_targets", "count_svf_params", "count_lora_params", "transfer"]

@@ -1,7 +1,8 @@
 """SVD of every target matrix, cached once per base model.
 
 The cache is a directory of safetensors shards (one per decoder layer, or per group of modules)
-plus `manifest.json` (base fingerprint, targets, shapes, reconstruction errors, t2ray version).
+plus `manifest.json` (`t2ray.artifacts`: base fingerprint, modules and shapes; here also
+targets, shards and reconstruction errors).
 Shards are decomposed in parallel as Ray tasks when Ray is running and in-process otherwise; an
 interrupted run resumes from the shards already written; a cache made for other weights is
 refused.
@@ -18,11 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-import t2ray
+from t2ray.artifacts import Format, check_fingerprint, read_manifest, write_manifest
 from t2ray.models import weights_fingerprint
 from t2ray.svf.targets import TargetMatrix, find_targets, resolve_targets, weight_of
 
-FORMAT = "t2ray.svd-cache"
+SVD_CACHE = Format("t2ray.svd-cache", 1, "an SVD cache",
+                   make="make one with `t2ray svf decompose --model <base>`",
+                   refit="decompose this base into a new directory (`t2ray svf decompose`)")
 RECON_TOLERANCE = 1e-5  # relative Frobenius error of U diag(S) V^T against W, fp32
 
 
@@ -56,12 +59,7 @@ class SVDCache:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        path = self.root / "manifest.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{self.root} holds no finished SVD cache (no manifest.json)")
-        self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{self.root}: not an SVD cache ({self.manifest.get('format')!r})")
+        self.manifest = read_manifest(self.root, SVD_CACHE)
         self.matrices = {m["name"]: TargetMatrix(**{k: m[k] for k in
                                                     ("name", "out_features", "in_features",
                                                      "transposed")})
@@ -83,10 +81,8 @@ class SVDCache:
                 self._factors[f"{name}.Vh"])
 
     def check_model(self, model: torch.nn.Module, fingerprint: str | None = None) -> None:
-        fp = fingerprint or weights_fingerprint(model)
-        if fp != self.fingerprint:
-            raise ValueError(f"SVD cache {self.root} was made for base model {self.fingerprint}, "
-                             f"but this model is {fp}: decompose it again")
+        check_fingerprint(self.root, SVD_CACHE, self.fingerprint,
+                          fingerprint or weights_fingerprint(model))
 
 
 def decompose(model: torch.nn.Module, targets, out: str | Path, use_ray: bool | None = None,
@@ -97,8 +93,7 @@ def decompose(model: torch.nn.Module, targets, out: str | Path, use_ray: bool | 
     fingerprint = weights_fingerprint(model)
     names = resolve_targets(targets)
     matrices = find_targets(model, names)
-    finished = out / "manifest.json"
-    if finished.exists():
+    if (out / SVD_CACHE.filename).exists():
         cache = SVDCache(out)
         cache.check_model(model, fingerprint)
         if set(cache.matrices) == {m.name for m in matrices}:
@@ -151,14 +146,12 @@ def decompose(model: torch.nn.Module, targets, out: str | Path, use_ray: bool | 
     worst = max(errors.values())
     if worst > RECON_TOLERANCE:
         raise ArithmeticError(f"SVD reconstruction error {worst:.2e} > {RECON_TOLERANCE}")
-    manifest = {
-        "format": FORMAT, "t2ray_version": t2ray.__version__, "base_fingerprint": fingerprint,
-        "targets": list(names), "dtype": "float32",
-        "matrices": [{**asdict(m), "rank": m.rank, "recon_error": errors[m.name]}
-                     for m in matrices],
-        "shards": {m.name: f"{_shard_key(m.name)}.safetensors" for m in matrices},
-        "max_recon_error": worst,
-    }
-    finished.write_text(json.dumps(manifest, indent=1))
+    write_manifest(out, SVD_CACHE, base_fingerprint=fingerprint,
+                   modules={m.name: (m.out_features, m.in_features) for m in matrices},
+                   targets=list(names), dtype="float32",
+                   matrices=[{**asdict(m), "rank": m.rank, "recon_error": errors[m.name]}
+                             for m in matrices],
+                   shards={m.name: f"{_shard_key(m.name)}.safetensors" for m in matrices},
+                   max_recon_error=worst)
     progress_path.unlink()
     return SVDCache(out)

@@ -13,7 +13,6 @@ evaluation and serving.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -21,10 +20,12 @@ from typing import Iterable, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-import t2ray
+from t2ray.artifacts import Format, read_manifest, write_manifest
 
-FORMAT = "t2ray.svf-expert"
-FORMAT_VERSION = 1
+# v2: the (out, in) shapes moved from `shapes` to the common `modules` field
+SVF_EXPERT = Format("t2ray.svf-expert", 2, "an SVF expert",
+                    make="train one with `t2ray svf train`",
+                    refit="move it to this base with `t2ray svf transfer`, or train one on it")
 PARAMETERISATIONS = ("reference", "linear")
 
 
@@ -91,20 +92,16 @@ class ExpertVector:
     def ranks(self) -> dict[str, int]:
         return {k: int(v.numel()) for k, v in self.z.items()}
 
-    def manifest(self) -> dict:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "t2ray_version": t2ray.__version__, "base_fingerprint": self.base_fingerprint,
-                "targets": list(self.targets), "parameterisation": self.param.kind,
-                "max_mult": self.param.max_mult, "task": self.task, "metrics": self.metrics,
-                "num_params": self.num_params, "ranks": self.ranks(),
-                "shapes": {k: list(v) for k, v in self.shapes.items()}, "dtype": "float32"}
-
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in self.z.items()},
                   path / "expert.safetensors")
-        (path / "manifest.json").write_text(json.dumps(self.manifest(), indent=1))
+        write_manifest(path, SVF_EXPERT, base_fingerprint=self.base_fingerprint,
+                       modules=self.shapes, targets=list(self.targets),
+                       parameterisation=self.param.kind, max_mult=self.param.max_mult,
+                       task=self.task, metrics=self.metrics, num_params=self.num_params,
+                       ranks=self.ranks(), dtype="float32")
         return path
 
     @classmethod
@@ -112,22 +109,13 @@ class ExpertVector:
              expect_ranks: Mapping[str, int] | None = None) -> "ExpertVector":
         """Load an expert; refuse one made for another base model or other matrix shapes."""
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{path} is not an SVF expert (no manifest.json)")
-        m = json.loads(manifest_path.read_text())
-        if m.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {m.get('format')!r}, expected {FORMAT!r}")
-        if expect_fingerprint and m["base_fingerprint"] != expect_fingerprint:
-            raise ValueError(
-                f"expert {path} was trained on base model {m['base_fingerprint']}, but the loaded "
-                f"base model is {expect_fingerprint}; use `t2ray svf transfer` to move experts "
-                "between models")
+        m = read_manifest(path, SVF_EXPERT, expect_fingerprint=expect_fingerprint)
+        shapes = m["modules"] if m["format_version"] >= 2 else m.get("shapes", {})
         z = load_file(path / "expert.safetensors")
         expert = cls(z=z, param=SVFParam(m["parameterisation"], m["max_mult"]),
                      base_fingerprint=m["base_fingerprint"], targets=tuple(m["targets"]),
                      task=m.get("task"), metrics=m.get("metrics", {}),
-                     shapes={k: tuple(v) for k, v in m.get("shapes", {}).items()})
+                     shapes={k: tuple(v) for k, v in shapes.items()})
         if expect_ranks is not None:
             check_ranks(expert.ranks(), dict(expect_ranks), what=f"expert {path}")
         return expert
@@ -180,7 +168,7 @@ class ExpertLibrary:
     def names(self) -> list[str]:
         if not self.root.exists():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "manifest.json").exists())
+        return sorted(p.name for p in self.root.iterdir() if (p / SVF_EXPERT.filename).exists())
 
     def add(self, name: str, expert: ExpertVector) -> Path:
         return expert.save(self.root / name)

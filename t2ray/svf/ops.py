@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
+from t2ray.artifacts import read_manifest
 from t2ray.models import load_model, weights_fingerprint
-from t2ray.svf.cache import FORMAT as CACHE_FORMAT
-from t2ray.svf.cache import SVDCache, decompose
-from t2ray.svf.expert import FORMAT as EXPERT_FORMAT
-from t2ray.svf.expert import ExpertVector
-from t2ray.svf.targets import count_lora_params, count_svf_params, resolve_targets
+from t2ray.svf.cache import SVD_CACHE, SVDCache, decompose
+from t2ray.svf.expert import SVF_EXPERT, ExpertVector
+from t2ray.svf.targets import count_lora_params, count_svf_params, model_config, resolve_targets
 from t2ray.svf.transfer import transfer
 
 DEFAULT_CACHE_ROOT = Path("runs") / "svd"
@@ -20,7 +18,7 @@ DEFAULT_CACHE_ROOT = Path("runs") / "svd"
 def params_from_config(config_path: str | Path, targets: str) -> dict:
     """Parameter counts from a Hugging Face config.json alone (no weights)."""
     raw = json.loads(Path(config_path).read_text())
-    cfg = SimpleNamespace(**raw.get("text_config", raw))
+    cfg = model_config(raw.get("text_config", raw))  # multimodal configs nest the LM's
     return {"svf": count_svf_params(cfg, targets), "targets": list(resolve_targets(targets)),
             "lora_r16_qv": count_lora_params(cfg, 16, ("q_proj", "v_proj")),
             "lora_r8_qv": count_lora_params(cfg, 8, ("q_proj", "v_proj")),
@@ -38,22 +36,16 @@ def decompose_model(model_name: str, targets: str, out: str | Path | None = None
 
 def describe(path: str | Path) -> dict:
     """What an SVD cache or an expert directory holds."""
-    path = Path(path)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{path} is neither an SVD cache nor an expert (no manifest.json)")
-    m = json.loads(manifest_path.read_text())
-    if m.get("format") == CACHE_FORMAT:
+    m = read_manifest(path, (SVD_CACHE, SVF_EXPERT))
+    if m["format"] == SVD_CACHE.name:
         return {"kind": "svd-cache", "base_fingerprint": m["base_fingerprint"],
                 "targets": m["targets"], "matrices": len(m["matrices"]),
                 "svf_params": sum(x["rank"] for x in m["matrices"]),
                 "max_recon_error": m["max_recon_error"], "t2ray_version": m["t2ray_version"]}
-    if m.get("format") == EXPERT_FORMAT:
-        return {"kind": "svf-expert", "task": m["task"], "base_fingerprint": m["base_fingerprint"],
-                "targets": m["targets"], "parameterisation": m["parameterisation"],
-                "params": m["num_params"], "metrics": m["metrics"],
-                "t2ray_version": m["t2ray_version"]}
-    raise ValueError(f"{manifest_path}: unknown format {m.get('format')!r}")
+    return {"kind": "svf-expert", "task": m["task"], "base_fingerprint": m["base_fingerprint"],
+            "targets": m["targets"], "parameterisation": m["parameterisation"],
+            "params": m["num_params"], "metrics": m["metrics"],
+            "t2ray_version": m["t2ray_version"]}
 
 
 def transfer_to_model(expert_path: str | Path, model_name: str, out: str | Path,

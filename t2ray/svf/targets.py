@@ -46,7 +46,8 @@ def find_targets(model: torch.nn.Module, targets) -> list[TargetMatrix]:
     """All modules whose last name component is a target, with their (out, in) shapes.
 
     Works for nn.Linear and for transformers' Conv1D (weight stored transposed). Fused modules
-    (e.g. `qkv_proj`, `gate_up_proj`) are adapted as one matrix when named explicitly.
+    (e.g. `qkv_proj`, `gate_up_proj`) are adapted as one matrix when named explicitly. A target
+    that names no module of the model is an error, never silently skipped.
     """
     wanted = set(resolve_targets(targets))
     found = []
@@ -59,34 +60,39 @@ def find_targets(model: torch.nn.Module, targets) -> list[TargetMatrix]:
         transposed = type(module).__name__ == "Conv1D"
         out_f, in_f = weight.shape[::-1] if transposed else weight.shape
         found.append(TargetMatrix(name, out_f, in_f, transposed))
-    if not found:
-        raise ValueError(f"no module of the model matches the SVF targets {sorted(wanted)}")
+    missing = wanted - {m.name.rsplit(".", 1)[-1] for m in found}
+    if missing:
+        raise ValueError(f"no module of the model ({type(model).__name__}) matches the targets "
+                         f"{sorted(missing)}")
     return found
 
 
-def _module_shapes(config) -> dict[str, tuple[int, int]]:
-    """(out, in) of each projection of a Llama/Mistral/Qwen-style decoder layer."""
-    h = config.hidden_size
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    inter = config.intermediate_size
-    return {"q_proj": (heads * head_dim, h), "k_proj": (kv * head_dim, h),
-            "v_proj": (kv * head_dim, h), "o_proj": (h, heads * head_dim),
-            "gate_proj": (inter, h), "up_proj": (inter, h), "down_proj": (h, inter)}
+def model_config(config):
+    """A transformers config from itself or its dict (a config.json, which names its model_type)."""
+    from transformers import AutoConfig
+
+    if not isinstance(config, dict):
+        return config
+    if "model_type" not in config:
+        raise ValueError("the model config names no model_type; pass the model's config.json")
+    return AutoConfig.for_model(**config)
+
+
+def config_targets(config, targets) -> list[TargetMatrix]:
+    """`find_targets` on the model a config describes, built on the meta device (no weights are
+    allocated), so names and shapes come from the architecture itself."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config(config))
+    return find_targets(model, targets)
 
 
 def count_svf_params(config, targets) -> int:
-    """Expert-vector length summed over layers: sum of min(out, in) per target matrix."""
-    shapes = _module_shapes(config)
-    names = resolve_targets(targets)
-    unknown = [n for n in names if n not in shapes]
-    if unknown:
-        raise ValueError(f"cannot count {unknown} from a config; known: {sorted(shapes)}")
-    return config.num_hidden_layers * sum(min(shapes[n]) for n in names)
+    """Expert-vector length summed over the model: sum of min(out, in) per target matrix."""
+    return sum(m.rank for m in config_targets(config, targets))
 
 
 def count_lora_params(config, rank: int, targets=("q_proj", "v_proj")) -> int:
-    """LoRA parameters: rank * (in + out) per target matrix and layer."""
-    shapes = _module_shapes(config)
-    return config.num_hidden_layers * sum(rank * sum(shapes[n]) for n in resolve_targets(targets))
+    """LoRA parameters: rank * (in + out) per target matrix."""
+    return sum(rank * (m.out_features + m.in_features) for m in config_targets(config, targets))

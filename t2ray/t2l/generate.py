@@ -1,44 +1,39 @@
 """From hypernetwork outputs to LoRA adapters, and the T2L checkpoint format.
 
-A checkpoint directory holds `hypernet.safetensors` and `manifest.json` (the HyperConfig, the
-encoder name, the LoRA alpha / rsLoRA convention, the base model's config and name). Generated
-adapters export to PEFT with the scale written explicitly (`t2ray.lora.peft_io`).
+A checkpoint directory holds `hypernet.safetensors` and `manifest.json` (`t2ray.artifacts`: base
+fingerprint, the full name and shape of every module the LoRAs are for; here also the
+HyperConfig, the encoder name, the LoRA alpha / rsLoRA convention, the base model's config and
+name). Generated adapters export to PEFT with the scale written explicitly (`t2ray.lora.peft_io`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-import t2ray
+from t2ray.artifacts import Format, read_manifest, write_manifest
 from t2ray.lora.weights import LoraWeights
-from t2ray.t2l.hypernet import HyperConfig, HyperLoRA
+from t2ray.t2l.hypernet import HyperConfig, HyperLoRA, by_type, target_layers
 
-FORMAT = "t2ray.t2l"
-FORMAT_VERSION = 1
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def module_path(layer: int, module: str) -> str:
-    """Full module name in Llama / Mistral / Qwen2 models."""
-    block = "self_attn" if module in ATTENTION else "mlp"
-    return f"model.layers.{layer}.{block}.{module}"
-
-
+# v2: module names come from the manifest (v1 checkpoints: discovered from their base_config)
+T2L_CHECKPOINT = Format("t2ray.t2l", 2, "a T2L checkpoint",
+                        make="train one with `t2ray t2l train`",
+                        refit="train a T2L checkpoint on this base (`t2ray t2l train`)")
 def to_loras(outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int, alpha: float,
-             use_rslora: bool, meta: list[dict] | None = None) -> list[LoraWeights]:
-    """One LoraWeights per batch row of a hypernetwork forward."""
+             use_rslora: bool, layers: dict[str, list[str]],
+             meta: list[dict] | None = None) -> list[LoraWeights]:
+    """One LoraWeights per batch row of a hypernetwork forward; `layers` names each module
+    type's module in every layer (`T2LCheckpoint.layers`, found in the model's architecture)."""
     first = next(iter(outputs.values()))[0]
     batch, n_layers = first.shape[:2]
     loras = []
     for i in range(batch):
-        a = {module_path(layer, m): outputs[m][0][i, layer]
+        a = {layers[m][layer]: outputs[m][0][i, layer]
              for m in outputs for layer in range(n_layers)}
-        b = {module_path(layer, m): outputs[m][1][i, layer]
+        b = {layers[m][layer]: outputs[m][1][i, layer]
              for m in outputs for layer in range(n_layers)}
         loras.append(LoraWeights(a, b, rank, alpha, use_rslora, tuple(outputs),
                                  meta=(meta[i] if meta else {})))
@@ -51,9 +46,10 @@ def to_experts(outputs: dict[str, torch.Tensor], cache, param=None) -> list:
     from t2ray.svf.expert import ExpertVector, SVFParam
 
     param = param or SVFParam("reference")
+    layers = by_type(cache.matrices)  # the names SVF found in the model itself
     first = next(iter(outputs.values()))
     batch, n_layers = first.shape[:2]
-    return [ExpertVector.for_cache(cache, {module_path(layer, m): outputs[m][i, layer]
+    return [ExpertVector.for_cache(cache, {layers[m][layer]: outputs[m][i, layer]
                                            for m in outputs for layer in range(n_layers)}, param)
             for i in range(batch)]
 
@@ -66,34 +62,46 @@ class T2LCheckpoint:
     use_rslora: bool
     base_model: str
     base_config: dict
+    base_fingerprint: str | None = None
+    # full module name -> (out, in), each type in layer order; None: discovered from base_config
+    modules: dict[str, tuple[int, int]] | None = None
+
+    def __post_init__(self):
+        if self.modules is None:
+            self.modules = {m.name: (m.out_features, m.in_features) for matrices in
+                            target_layers(self.base_config, self.net.module_names).values()
+                            for m in matrices}
+        counts = {t: len(names) for t, names in self.layers.items()}
+        if counts != {t: self.net.cfg.n_layers for t in self.net.module_names}:
+            raise ValueError(f"modules {counts} do not fit a hypernetwork of "
+                             f"{self.net.cfg.n_layers} layers x {self.net.module_names}")
+
+    @property
+    def layers(self) -> dict[str, list[str]]:
+        """Each module type's full name in every layer, as `to_loras` takes them."""
+        return by_type(self.modules)
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()},
                   path / "hypernet.safetensors")
-        (path / "manifest.json").write_text(json.dumps({
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "t2ray_version": t2ray.__version__, "hyper": self.net.cfg.as_dict(),
-            "encoder": self.encoder, "lora_alpha": self.lora_alpha,
-            "use_rslora": self.use_rslora, "base_model": self.base_model,
-            "base_config": self.base_config, **(extra or {})}, indent=1))
+        write_manifest(path, T2L_CHECKPOINT, base_fingerprint=self.base_fingerprint,
+                       modules=self.modules, hyper=self.net.cfg.as_dict(), encoder=self.encoder,
+                       lora_alpha=self.lora_alpha, use_rslora=self.use_rslora,
+                       base_model=self.base_model, base_config=self.base_config, **(extra or {}))
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "T2LCheckpoint":
+    def load(cls, path: str | Path, expect_fingerprint: str | None = None) -> "T2LCheckpoint":
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{path} is not a T2L checkpoint (no manifest.json)")
-        m = json.loads(manifest_path.read_text())
-        if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format {m.get('format')} v{m.get('format_version')}, "
-                             f"expected {FORMAT} v{FORMAT_VERSION}")
+        m = read_manifest(path, T2L_CHECKPOINT, expect_fingerprint=expect_fingerprint)
         net = HyperLoRA(HyperConfig(**m["hyper"]))
         net.load_state_dict(load_file(path / "hypernet.safetensors"))
+        modules = ({k: tuple(v) for k, v in m["modules"].items()} if m["format_version"] >= 2
+                   else None)
         return cls(net.eval(), m["encoder"], m["lora_alpha"], m["use_rslora"], m["base_model"],
-                   m["base_config"])
+                   m["base_config"], m.get("base_fingerprint"), modules)
 
     @torch.inference_mode()
     def generate(self, encoder, descriptions: list[str], svd_cache=None) -> list:
@@ -111,4 +119,4 @@ class T2LCheckpoint:
                 e.metrics = {"description": d}
             return experts
         return to_loras(outputs, self.net.cfg.rank, self.lora_alpha, self.use_rslora,
-                        [{"description": d} for d in descriptions])
+                        self.layers, [{"description": d} for d in descriptions])

@@ -16,35 +16,52 @@ Heads (one set of rows per target module):
   value) for each target matrix instead of a LoRA: a far smaller output.
 
 Shapes, layer count and module names come from the base model's config alone
-(`lora_targets`), never from its weights. One forward produces the LoRA for every (layer,
-module) of a batch of descriptions.
+(`target_layers`: the architecture built on the meta device, the way SVF finds its matrices),
+never from its weights. One forward produces the LoRA for every (layer, module) of a batch of
+descriptions.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
 
+from t2ray.svf.targets import TargetMatrix, config_targets, resolve_targets
+
 VARIANTS = ("L", "M", "S", "Z")
+
+
+def by_type(names: Iterable[str]) -> dict[str, list[str]]:
+    """Full module names grouped by module type (the last name component), in model order, which
+    is layer order."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+    return groups
+
+
+def target_layers(config, targets: list[str]) -> dict[str, list[TargetMatrix]]:
+    """{module type: its matrix in every layer} from a transformers config (or its dict), in the
+    order of `targets`. The hypernetwork has one head per type and one embedding per layer, so
+    each type must occur the same number of times (once per layer) and with one shape."""
+    found = {m.name: m for m in config_targets(config, targets)}
+    layers = {t: [found[n] for n in names] for t, names in by_type(found).items()}
+    counts = {t: len(ms) for t, ms in layers.items()}
+    shapes = {t: sorted({(m.out_features, m.in_features) for m in ms}) for t, ms in layers.items()}
+    if len(set(counts.values())) > 1 or any(len(s) > 1 for s in shapes.values()):
+        raise ValueError(f"T2L needs each target once per layer with one shape; found {counts} "
+                         f"modules of (out, in) shapes {shapes}")
+    return {t: layers[t] for t in resolve_targets(targets)}
 
 
 def lora_targets(config, targets: list[str]) -> tuple[int, dict[str, tuple[int, int]]]:
     """(number of layers, {module type: (in, out)}) from a transformers config (or its dict)."""
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-    hidden, heads = get("hidden_size"), get("num_attention_heads")
-    kv_heads = get("num_key_value_heads") or heads
-    head_dim = get("head_dim") or hidden // heads
-    inter = get("intermediate_size")
-    shapes = {"q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv_heads * head_dim),
-              "v_proj": (hidden, kv_heads * head_dim), "o_proj": (heads * head_dim, hidden),
-              "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
-              "down_proj": (inter, hidden)}
-    unknown = [t for t in targets if t not in shapes]
-    if unknown:
-        raise ValueError(f"unknown LoRA targets {unknown}; supported: {sorted(shapes)}")
-    return get("num_hidden_layers"), {t: shapes[t] for t in targets}
+    layers = target_layers(config, targets)
+    return len(next(iter(layers.values()))), {t: (ms[0].in_features, ms[0].out_features)
+                                              for t, ms in layers.items()}
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,20 +24,21 @@ import torch
 import yaml
 
 from t2ray.distributed.loop import (
+    Trainable,
     completion_batch,
     distributed,
-    optimizer_step,
-    report,
-    resume,
+    run_recipe,
     save_history,
+    scheduler,
     sft_loss,
 )
 from t2ray.distributed.train import launch
-from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import evaluate_task
 from t2ray.lora.peft_io import import_peft
 from t2ray.lora.weights import LoraWeights, batched_lora
-from t2ray.models import load_model
+from t2ray.models import load_model, weights_fingerprint
+from t2ray.models.prompt import prompt_ids
 from t2ray.svf.apply import factorized
 from t2ray.svf.ops import decompose_model
 from t2ray.svf.targets import MLP as SVF_MLP
@@ -141,13 +141,15 @@ def init_heads_as_peft(net: HyperLoRA, generator: torch.Generator) -> None:
             head.bias.copy_(a if net.cfg.variant == "M" else a / math.sqrt(r))
 
 
-def load_library(root: str | Path, tasks: list[str], rank: int) -> dict[str, LoraWeights]:
+def load_library(root: str | Path, tasks: list[str], rank: int,
+                 fingerprint: str | None = None) -> dict[str, LoraWeights]:
+    """The reconstruction targets: one LoRA per task, each checked against the base model."""
     loras = {}
     for task in tasks:
         path = Path(root) / task
         if not path.exists():
             raise FileNotFoundError(f"no LoRA for task {task!r} in the library ({path})")
-        lora = import_peft(path)
+        lora = import_peft(path, expect_fingerprint=fingerprint)
         if lora.rank != rank:
             raise ValueError(f"{path}: rank {lora.rank}, the hypernetwork emits rank {rank}")
         loras[task] = lora
@@ -157,15 +159,14 @@ def load_library(root: str | Path, tasks: list[str], rank: int) -> dict[str, Lor
 class ReconTargets:
     """A library's A and B stacked per module type, with per-element mean and std."""
 
-    def __init__(self, library: dict[str, LoraWeights], n_layers: int, modules: list[str]):
-        from t2ray.t2l.generate import module_path
-
+    def __init__(self, library: dict[str, LoraWeights], layers: dict[str, list[str]]):
+        """`layers`: each module type's full name in every layer (`T2LCheckpoint.layers`)."""
         self.tasks = list(library)
         self.a, self.b, self.stats = {}, {}, {}
-        for m in modules:
-            a = torch.stack([torch.stack([library[t].a[module_path(i, m)] for i in range(n_layers)])
+        for m, names in layers.items():
+            a = torch.stack([torch.stack([library[t].a[n] for n in names])
                              for t in self.tasks]).float()
-            b = torch.stack([torch.stack([library[t].b[module_path(i, m)] for i in range(n_layers)])
+            b = torch.stack([torch.stack([library[t].b[n] for n in names])
                              for t in self.tasks]).float()
             self.a[m], self.b[m] = a, b
             self.stats[m] = tuple((x.mean(0), x.std(0).clamp_min(1e-6)) if len(self.tasks) > 1
@@ -182,14 +183,10 @@ class ReconTargets:
         return total / len(outputs)
 
 
-def t2l_train_loop(config: dict) -> dict:
-    """One worker's loop (in-process or under Ray Train)."""
-    cfg = T2LTrainConfig(**config)
-    cfg.validate()
-    torch.set_num_threads(cfg.threads)
+def build(cfg: T2LTrainConfig) -> Trainable:
+    """Every component of a run from its config."""
     rank, world = distributed()
     torch.manual_seed(cfg.seed + rank)
-
     model, tok = load_model(cfg.model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -198,81 +195,85 @@ def t2l_train_loop(config: dict) -> dict:
     net = build_hypernet(cfg, model.config.to_dict(), encoder.dim).train()
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    sched = scheduler(opt, cfg.steps, "cosine")
     ds_engine = None
     if cfg.deepspeed_stage is not None:
         from t2ray.distributed.deepspeed import initialize
 
         ds_engine, opt = initialize(net, opt, cfg.deepspeed_stage, cfg.grad_clip, world)
-    recon = None
-    if cfg.objective == "recon":
-        recon = ReconTargets(load_library(cfg.library, list(tasks), cfg.rank),
-                             net.cfg.n_layers, net.module_names)
+    forward = ds_engine or net
+    fingerprint = weights_fingerprint(model)
+    layers = _checkpoint(net, cfg, encoder, model, fingerprint).layers
     svd_cache = decompose_model(cfg.model, "mlp") if cfg.variant == "Z" else None
     train_sets = {n: t.examples("train") for n, t in tasks.items()}
-    start_step = resume(net, opt, sched, ds_engine)
-    history: list[dict] = []
 
-    from tqdm import tqdm
-
-    for step in tqdm(range(start_step, cfg.steps), desc=f"t2l-{cfg.variant}-{cfg.objective}",
-                     initial=start_step, total=cfg.steps, disable=rank != 0):
-        t0 = time.perf_counter()
+    def draw(step: int) -> tuple[random.Random, list[str], dict]:
+        """The step's tasks, one description each, and the hypernetwork's outputs for them."""
         rng = random.Random(f"{cfg.seed}|{step}|{rank}")
         names = rng.sample(list(tasks), cfg.tasks_per_batch)
         descriptions = [rng.choice(tasks[n].descriptions) for n in names]
-        outputs = (ds_engine or net)(encoder.encode(descriptions))
-        if recon is not None:
-            loss = recon.loss(outputs, names)
-            stats = {"loss": loss.item()}
-        else:
-            examples = [(i, e) for i, n in enumerate(names)
-                        for e in rng.sample(train_sets[n], cfg.examples_per_task)]
-            prompt_ids = [tok(format_prompt(tok, e.prompt), add_special_tokens=False)["input_ids"]
-                          for _, e in examples]
-            answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
-                       for _, e in examples]
-            ids, attn, comp = completion_batch(prompt_ids, answers, tok.pad_token_id)
-            if svd_cache is not None:
-                experts = to_experts(outputs, svd_cache)
-                adapted = factorized(model, svd_cache, [experts[i] for i, _ in examples])
-                l2 = sum(z.square().mean() for z in outputs.values())
-            else:
-                loras = to_loras(outputs, cfg.rank, cfg.lora_alpha, cfg.use_rslora)
-                adapted = batched_lora(model, [loras[i] for i, _ in examples])
-                l2 = sum(a.square().mean() + b.square().mean() for a, b in outputs.values())
-            with adapted:
-                logits = model(input_ids=ids, attention_mask=attn).logits
-            nll = sft_loss(logits, ids, comp)
-            loss = nll + cfg.l2_reg * l2 / len(outputs)
-            stats = {"loss": loss.item(), "nll": nll.item(),
-                     "tokens_per_s": int(attn.sum()) / (time.perf_counter() - t0)}
-        grad_norm = optimizer_step(loss, params, opt, sched, cfg.grad_clip, world, ds_engine)
-        stats.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0])
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            names_val = sorted(tasks)[: cfg.eval_tasks]
-            net.eval()
-            stats["val_accuracy"] = validation_accuracy(
-                _checkpoint(net, cfg, encoder, model), encoder, model, tok, names_val,
-                cfg.eval_n, svd_cache)
-            net.train()
-        history.append(stats)
-        report(stats, net, opt, sched, step + 1, cfg.checkpoint_every, cfg.steps, rank,
-               ds_engine)
+        return rng, names, forward(encoder.encode(descriptions))
 
-    if rank == 0:
+    def recon_step(step: int) -> tuple[torch.Tensor, dict]:
+        _, names, outputs = draw(step)
+        loss = recon.loss(outputs, names)
+        return loss, {"loss": loss.item()}
+
+    def sft_step(step: int) -> tuple[torch.Tensor, dict]:
+        rng, names, outputs = draw(step)
+        examples = [(i, e) for i, n in enumerate(names)
+                    for e in rng.sample(train_sets[n], cfg.examples_per_task)]
+        answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
+                   for _, e in examples]
+        ids, attn, comp = completion_batch([prompt_ids(tok, e.prompt) for _, e in examples],
+                                           answers, tok.pad_token_id)
+        if svd_cache is not None:
+            experts = to_experts(outputs, svd_cache)
+            adapted = factorized(model, svd_cache, [experts[i] for i, _ in examples])
+            l2 = sum(z.square().mean() for z in outputs.values())
+        else:
+            loras = to_loras(outputs, cfg.rank, cfg.lora_alpha, cfg.use_rslora, layers=layers)
+            adapted = batched_lora(model, [loras[i] for i, _ in examples])
+            l2 = sum(a.square().mean() + b.square().mean() for a, b in outputs.values())
+        with adapted:
+            logits = model(input_ids=ids, attention_mask=attn).logits
+        nll = sft_loss(logits, ids, comp)
+        loss = nll + cfg.l2_reg * l2 / len(outputs)
+        return loss, {"loss": loss.item(), "nll": nll.item(), "tokens": int(attn.sum())}
+
+    def validate() -> dict:
+        net.eval()
+        acc = validation_accuracy(_checkpoint(net, cfg, encoder, model, fingerprint), encoder,
+                                  model, tok, sorted(tasks)[: cfg.eval_tasks], cfg.eval_n,
+                                  svd_cache)
+        net.train()
+        return {"val_accuracy": acc}
+
+    recon = None
+    if cfg.objective == "recon":
+        recon = ReconTargets(load_library(cfg.library, list(tasks), cfg.rank, fingerprint),
+                             layers)
+    def save(history: list[dict]) -> None:
         out = Path(cfg.out)
-        _checkpoint(net, cfg, encoder, model).save(out / "checkpoint",
-                                                   extra={"train": asdict(cfg)})
+        _checkpoint(net, cfg, encoder, model, fingerprint).save(out / "checkpoint",
+                                                                extra={"train": asdict(cfg)})
         save_history(history, out, "loss_curve.png", "loss",
                      f"T2L-{cfg.variant} ({cfg.objective})")
-    return {"history": history}
+
+    step_fn = recon_step if cfg.objective == "recon" else sft_step
+    return Trainable(net, opt, sched, step_fn, validate, ds_engine, save)
 
 
-def _checkpoint(net: HyperLoRA, cfg: T2LTrainConfig, encoder, model) -> T2LCheckpoint:
+def t2l_train_loop(config: dict) -> dict:
+    """One worker's run (in-process or under Ray Train)."""
+    cfg = T2LTrainConfig(**config)
+    return {"history": run_recipe(cfg, build, desc=f"t2l-{cfg.variant}-{cfg.objective}")}
+
+
+def _checkpoint(net: HyperLoRA, cfg: T2LTrainConfig, encoder, model,
+                fingerprint: str) -> T2LCheckpoint:
     return T2LCheckpoint(net, encoder.name, cfg.lora_alpha, cfg.use_rslora, cfg.model,
-                         model.config.to_dict())
+                         model.config.to_dict(), fingerprint)
 
 
 def validation_accuracy(ckpt: T2LCheckpoint, encoder, model, tok, task_names: list[str],
@@ -284,12 +285,8 @@ def validation_accuracy(ckpt: T2LCheckpoint, encoder, model, tok, task_names: li
                              svd_cache)
     accs = []
     for name, adapter in zip(task_names, adapters):
-        if svd_cache is not None:
-            engine.set_expert(adapter)
-        else:
-            engine.set_lora(adapter)
-        accs.append(evaluate_task(engine, get_task(name), "validation", n).accuracy)
-    engine.reset()
+        with engine.adapted(adapter):
+            accs.append(evaluate_task(engine, get_task(name), "validation", n).accuracy)
     return sum(accs) / len(accs)
 
 

@@ -64,7 +64,7 @@ class Task:
     seen: bool = True  # False for the held-out families (unseen at expert / T2L training time)
     group: str = "core"  # "core" (math/code/reasoning and their hard forms) or "instruct"
     # A plausible but wrong solution in the task's own style (e.g. a skipped reasoning step). Used
-    # only by the base-model corpus to keep skills *latent* (see t2ray/models/pretrain.py).
+    # only by the base-model corpus to keep skills *latent* (see t2ray/experiments/pretrain.py).
     distractor: Callable[[Example, random.Random], str] | None = None
     # A closed answer set (the routing task's categories): RL samples among these labels by
     # their log-probabilities instead of generating freely, and accuracy is the top label's.

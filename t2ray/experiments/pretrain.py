@@ -30,8 +30,6 @@ cosine to `min_lr_ratio`, so the final checkpoint is a stable one (no checkpoint
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import shutil
 import time
@@ -43,8 +41,11 @@ import yaml
 from rich.console import Console
 from transformers import LlamaForCausalLM
 
-from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.distributed.loop import Trainable, save_history, scheduler, train_steps
+from t2ray.engines.hf import HFEngine
+from t2ray.eval.harness import evaluate_task
 from t2ray.models import TINY_DIR, count_parameters, tiny_config
+from t2ray.models.prompt import format_prompt
 from t2ray.models.tokenizer import build_char_tokenizer
 from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, Task, get_task, list_tasks
 
@@ -149,20 +150,11 @@ def make_batch(cfg: PretrainConfig, corpus: dict[str, list[_Sample]], rng: rando
     return ids, w
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def quick_eval(model, tok, tasks: list[Task], n: int) -> dict[str, float | str]:
     """Greedy accuracy on the first `n` *validation* items of each task (progress signal only).
 
     A failing evaluation is reported, never allowed to end an hour of training.
     """
-    from t2ray.eval.harness import evaluate_task
-
     model.eval()
     engine = HFEngine(model, tok)
     acc: dict[str, float | str] = {}
@@ -195,36 +187,24 @@ def pretrain(cfg: PretrainConfig, install: bool = False) -> Path:
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.95))
     eval_tasks = [get_task(n) for n in CORE_SEEN + CORE_UNSEEN]
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
     model.train()
-    t0, tokens = time.perf_counter(), 0
-    from tqdm import tqdm
+    t0 = time.perf_counter()
 
-    bar = tqdm(range(cfg.steps), desc="pretrain", mininterval=5)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+    def step(_: int) -> tuple[torch.Tensor, dict]:
         ids, w = make_batch(cfg, corpus, rng, tok.pad_token_id)
         logits = model(input_ids=ids).logits[:, :-1]
         ce = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
         loss = (ce * w.reshape(-1)).sum() / w.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        tokens += int((ids != tok.pad_token_id).sum())
-        record = {"step": step + 1, "loss": round(loss.item(), 4), "lr": lr_at(step, cfg),
-                  "grad_norm": round(float(gnorm), 3),
-                  "tokens_per_s": round(tokens / (time.perf_counter() - t0), 1)}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            record["val_accuracy"] = quick_eval(model, tok, eval_tasks, cfg.eval_n)
-            console.print(record)
-        if (step + 1) % 50 == 0 or "val_accuracy" in record:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        bar.set_postfix(loss=record["loss"], tok_s=record["tokens_per_s"], refresh=False)
+        return loss, {"loss": loss.item(), "tokens": int((ids != tok.pad_token_id).sum())}
+
+    parts = Trainable(model, opt, scheduler(opt, cfg.steps, "cosine", cfg.warmup_steps,
+                                            cfg.min_lr_ratio), step,
+                      lambda: {"val_accuracy": quick_eval(model, tok, eval_tasks, cfg.eval_n)})
+    history = train_steps(parts, cfg.steps, cfg.grad_clip, cfg.eval_every, cfg.eval_every,
+                          desc="pretrain")
+    console.print({k: v for k, v in history[-1].items() if k in ("step", "loss",
+                                                                 "val_accuracy")})
 
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -232,7 +212,7 @@ def pretrain(cfg: PretrainConfig, install: bool = False) -> Path:
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out / "model", safe_serialization=True)
     tok.save_pretrained(out / "model")
-    _plot_loss(metrics_path, out / "loss.png")
+    save_history(history, out, "loss.png", "loss", "tiny base model pretraining")
     if install:
         install_model(out / "model")
     console.print(f"saved to {out / 'model'} ({time.perf_counter() - t0:.0f} s)")
@@ -244,21 +224,3 @@ def install_model(model_dir: Path) -> None:
     TINY_DIR.mkdir(parents=True, exist_ok=True)
     for f in Path(model_dir).iterdir():
         shutil.copy2(f, TINY_DIR / f.name)
-
-
-def _plot_loss(metrics_path: Path, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
-    ax.set_xlabel("step")
-    ax.set_ylabel("weighted loss")
-    ax.set_yscale("log")
-    ax.set_title("tiny base model pretraining")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)

@@ -1,4 +1,4 @@
-"""Evaluation runs behind `t2ray base eval` and `t2ray demo`."""
+"""Base-model evaluation behind `t2ray base eval`, jobs/eval_base.py and `t2ray demo --base-only`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 from rich.console import Console
 from tqdm import tqdm
 
+from t2ray.engines.factory import build_engine
 from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import EvalRow, evaluate_task, wilson_interval
-from t2ray.eval.report import markdown_accuracy_table, print_accuracy_table
+from t2ray.eval.results import markdown_accuracy_table, print_accuracy_table
 from t2ray.models import TINY, load_model
 from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, get_task, list_tasks
 
@@ -19,12 +20,15 @@ console = Console()
 
 
 def evaluate_base(model_name: str, task_names: list[str], split: str = "test",
-                  n: int | None = None, progress: bool = True) -> list[EvalRow]:
+                  n: int | None = None, progress: bool = True,
+                  engine: str = "hf") -> list[EvalRow]:
     tasks = [get_task(t) for t in task_names]  # fail on a bad name before loading anything
-    model, tok = load_model(model_name)
-    engine = HFEngine(model, tok)
-    return [evaluate_task(engine, t, split, n)
-            for t in tqdm(tasks, desc="tasks", disable=not progress)]
+    eng = build_engine(engine, model_name)
+    try:
+        return [evaluate_task(eng, t, split, n)
+                for t in tqdm(tasks, desc="tasks", disable=not progress)]
+    finally:
+        eng.close()
 
 
 def evaluate_heldout_instruct(engine, split: str = "test", n: int | None = None) -> EvalRow:

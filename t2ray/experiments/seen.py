@@ -16,12 +16,20 @@ from rich.table import Table
 
 from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import EvalRow, evaluate_task
-from t2ray.eval.report import invocation, merge_results
+from t2ray.eval.results import (
+    ROW_COLUMNS,
+    ResultRow,
+    invocation,
+    merge_results,
+    pivot_table,
+    row_table,
+)
 from t2ray.eval.stats import mcnemar_exact, mean_sd
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import ExpertVector
+from t2ray.svf.ops import decompose_model
 from t2ray.tasks import get_task
 
 METHODS = {"svf-rl": ("svf", "rl"), "svf-sft": ("svf", "sft"), "lora-rl": ("lora", "rl"),
@@ -29,18 +37,11 @@ METHODS = {"svf-rl": ("svf", "rl"), "svf-sft": ("svf", "sft"), "lora-rl": ("lora
 console = Console()
 
 
-def _adapted_engine(model_name: str, run_dir: Path, policy: str, svd_cache: str | None):
-    model, tok = load_model(model_name)
+def trained_adapter(run_dir: Path, policy: str, cache: SVDCache | None):
+    """The expert or LoRA a training run saved."""
     if policy == "svf":
-        cache = SVDCache(svd_cache)
-        engine = HFEngine(model, tok, svd_cache=cache)
-        expert = ExpertVector.load(run_dir / "expert", expect_fingerprint=cache.fingerprint)
-        engine.set_expert(expert)
-        return engine, expert.num_params
-    engine = HFEngine(model, tok)
-    lora = import_peft(run_dir / "lora")
-    engine.set_lora(lora)
-    return engine, lora.num_params
+        return ExpertVector.load(run_dir / "expert", expect_fingerprint=cache.fingerprint)
+    return import_peft(run_dir / "lora", expect_fingerprint=cache.fingerprint)
 
 
 def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str], out: Path,
@@ -56,14 +57,15 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
 
     command = invocation()
     model, tok = load_model(base_cfg.model)
-    base_engine = HFEngine(model, tok)
+    cache = (SVDCache(base_cfg.svd_cache) if base_cfg.svd_cache
+             else decompose_model(base_cfg.model, "mlp"))
+    engine = HFEngine(model, tok, svd_cache=cache, name=base_cfg.model)
     rows = []
     for task_name in tasks:
         task = get_task(task_name)
-        base = _cached_eval(out / task_name / "base_test_eval.json", base_engine, task, n_test)
-        rows.append({"table": "seen", "task": task_name, "method": "base", "metric": "accuracy",
-                     "mean": round(100 * base.accuracy, 2), "sd": 0.0, "n_seeds": 1,
-                     "params": 0, "command": command, "n": base.n})
+        base = _cached_eval(out / task_name / "base_test_eval.json", engine, None, task, n_test)
+        rows.append(ResultRow("seen", task_name, "base", round(100 * base.accuracy, 2), 0.0, 1,
+                              0, command, n=base.n))
         for method in methods:
             policy, objective = METHODS[method]
             accs, first = [], None
@@ -76,67 +78,82 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
                 eval_file = run_dir / "test_eval.json"
                 if not eval_file.exists():
                     train(cfg, workers=workers)
-                engine, params = _adapted_engine(cfg.model, run_dir, policy, cfg.svd_cache)
-                row = _cached_eval(eval_file, engine, task, n_test)
+                adapter = trained_adapter(run_dir, policy, cache)
+                params = adapter.num_params
+                row = _cached_eval(eval_file, engine, adapter, task, n_test)
                 accs.append(100 * row.accuracy)
                 first = first or row
             mean, sd = mean_sd(accs)
-            rows.append({"table": "seen", "task": task_name, "method": method,
-                         "metric": "accuracy", "mean": round(mean, 2), "sd": round(sd, 2),
-                         "n_seeds": len(seeds), "params": params, "command": command,
-                         "n": first.n, "seeds": [round(a, 2) for a in accs],
-                         "mcnemar_p_vs_base_seed0": mcnemar_exact(first.item_correct,
-                                                                  base.item_correct)})
-    _print(rows)
+            rows.append(ResultRow(
+                "seen", task_name, method, round(mean, 2), round(sd, 2), len(seeds), params,
+                command, n=first.n, extra={
+                    "seeds": [round(a, 2) for a in accs],
+                    "mcnemar_p_vs_base_seed0": mcnemar_exact(first.item_correct,
+                                                             base.item_correct)}))
+    row_table(rows, SEEN_COLUMNS, "seen tasks, test split", console)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(markdown_table(rows))
+    (out / "table.md").write_text(pivot_table(rows))
     if results_json:
         merge_results(results_json, rows)
     return rows
 
 
-def _cached_eval(path: Path, engine, task, n_test: int | None) -> EvalRow:
+def _cached_eval(path: Path, engine, adapter, task, n_test: int | None) -> EvalRow:
     """A finished run's test evaluation is kept next to it, so a long sweep resumes where it
     stopped instead of starting over."""
     if path.exists():
         d = json.loads(path.read_text())
         console.print(f"[dim]reusing {path}[/dim]")
         return EvalRow(**{**d, "item_correct": tuple(d["item_correct"])})
-    row = evaluate_task(engine, task, "test", n_test)
+    with engine.adapted(adapter):
+        row = evaluate_task(engine, task, "test", n_test)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**row.as_dict(), "item_correct": list(row.item_correct)}))
     return row
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The table for docs/results.md: one row per task, one column per method."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    params = {r["method"]: r["params"] for r in rows}
-    lines = ["| task | " + " | ".join(f"{m} ({params[m]:,} params)" if params[m] else m
-                                      for m in methods) + " |",
-             "|---" * (len(methods) + 1) + "|"]
-    for task in dict.fromkeys(r["task"] for r in rows):
-        cells = []
-        for m in methods:
-            r = next((r for r in rows if r["task"] == task and r["method"] == m), None)
-            if r is None:
-                cells.append("")
-                continue
-            p = r.get("mcnemar_p_vs_base_seed0")
-            sig = "" if p is None else f" (p={p:.2g})"
-            cells.append(f"{r['mean']:.1f} +- {r['sd']:.1f}{sig}")
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def _p_cell(r: ResultRow) -> str:
+    p = r.get("mcnemar_p_vs_base_seed0")
+    return "" if p is None else f"{p:.3g}"
 
 
-def _print(rows: list[dict]) -> None:
-    table = Table("task", "method", "accuracy (mean +- sd)", "seeds", "params", "p vs base",
-                  title="seen tasks, test split")
-    for r in rows:
-        p = r.get("mcnemar_p_vs_base_seed0")
-        table.add_row(r["task"], r["method"], f"{r['mean']:.1f} +- {r['sd']:.1f}",
-                      str(r["n_seeds"]), f"{r['params']:,}", "" if p is None else f"{p:.3g}")
-    console.print(table)
+SEEN_COLUMNS = {**ROW_COLUMNS, "params": lambda r: f"{r.params:,}", "p vs base": _p_cell}
+
+
+def sweep_config(path: Path | None, model: str | None = None, steps: int | None = None,
+                 method: str | None = None, **fields) -> tuple:
+    """A sweep's YAML (configs/seen.yaml): TrainConfig fields shared by every run, per-method
+    overrides under `methods:` and per-task ones under `tasks: {task: {method: {...}}}`.
+
+    Returns (TrainConfig, method overrides, task overrides); with `method`, that method's
+    overrides are already applied (what a tuning run of one method starts from)."""
+    import yaml
+
+    from t2ray.rl.trainer import TrainConfig
+
+    raw = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    overrides = raw.pop("methods", {}) or {}
+    task_overrides = raw.pop("tasks", {}) or {}
+    if method is not None:
+        raw.update(overrides.get(method, {}))
+    cfg = TrainConfig(**{**raw, **fields})
+    if model is not None:
+        cfg.model = model
+    if steps is not None:
+        cfg.steps = steps
+    return cfg, overrides, task_overrides
+
+
+def parse_grid(cfg, specs: list[str]) -> dict[str, list]:
+    """`FIELD=v1,v2,...` specs into {field: values}, each value of the field's own type."""
+    grid = {}
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        if not hasattr(cfg, key) or not values:
+            raise ValueError(f"bad grid {spec!r}: expected FIELD=v1,v2 with a TrainConfig field")
+        kind = type(getattr(cfg, key))
+        grid[key] = [kind(v) for v in values.split(",")]
+    return grid
 
 
 def _settings(point: dict) -> dict:

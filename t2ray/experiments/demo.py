@@ -20,8 +20,9 @@ from rich.table import Table
 
 from t2ray.adapt.fewshot import FewShotConfig
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.adaptive import CLASSIFIER, EXPERT_CATEGORIES, run_eval
 from t2ray.eval.harness import evaluate_task
+from t2ray.eval.results import ResultRow, invocation
+from t2ray.experiments.unseen import CLASSIFIER, EXPERT_CATEGORIES, run_eval
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import TINY, load_model
 from t2ray.rl.trainer import TrainConfig
@@ -61,9 +62,8 @@ def _train_once(cfg: TrainConfig, artifact: Path) -> None:
 
 
 def run_pipeline(out: Path | None = None, preset: str = "default",
-                 model: str = TINY) -> dict[str, list[dict]]:
-    import ray
-
+                 model: str = TINY) -> dict[str, list[ResultRow]]:
+    from t2ray.distributed.ray_env import ensure_ray
     from t2ray.svf.ops import decompose_model
 
     p = PRESETS[preset]
@@ -71,8 +71,8 @@ def run_pipeline(out: Path | None = None, preset: str = "default",
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     console.print(f"[bold]t2ray demo[/bold] ({preset} preset) -> {out}")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=2)
+    command = invocation()
     cache = decompose_model(model, "mlp")
     art = Path("runs") / "demo-artifacts" / f"{cache.fingerprint}-{preset}"
     shared = dict(model=model, steps=p.steps, prompts_per_step=p.prompts_per_step,
@@ -95,20 +95,19 @@ def run_pipeline(out: Path | None = None, preset: str = "default",
                     run / "lora")
 
     base, tok = load_model(model)
-    engine = HFEngine(base, tok, svd_cache=cache)
+    engine = HFEngine(base, tok, svd_cache=cache, name=model)
 
-    def score(task: str, method: str) -> dict:
+    def score(task: str, method: str) -> ResultRow:
         family = get_task(task).family
-        if method == "svf-rl":
-            engine.set_expert(lib.get(family, expect_fingerprint=cache.fingerprint))
-        elif method == "lora-rl":
-            engine.set_lora(import_peft(art / "train" / f"lora-{family}" / "lora"))
-        try:
+        adapter = {"base": lambda: None,
+                   "svf-rl": lambda: lib.get(family, expect_fingerprint=cache.fingerprint),
+                   "lora-rl": lambda: import_peft(art / "train" / f"lora-{family}" / "lora",
+                                                  expect_fingerprint=cache.fingerprint),
+                   }[method]()
+        with engine.adapted(adapter):
             row = evaluate_task(engine, get_task(task), "test", p.n_test)
-        finally:
-            engine.reset()
-        return {"table": "seen" if task in CORE_SEEN else "unseen", "task": task,
-                "method": method, "mean": round(100 * row.accuracy, 2), "n": row.n}
+        return ResultRow.from_eval(row, "seen" if task in CORE_SEEN else "unseen", method,
+                                   command)
 
     seen = [score(t, m) for t in CORE_SEEN for m in ("base", "lora-rl", "svf-rl")]
     fewshot = FewShotConfig(shots=p.shots, select=p.shots, population=p.population,
@@ -116,13 +115,12 @@ def run_pipeline(out: Path | None = None, preset: str = "default",
     adaptive = run_eval(model, art / "experts", list(CORE_UNSEEN),
                         ["none", "prompt", "classifier", "fewshot"], [0], out / "unseen",
                         str(cache.root), p.n_test, fewshot)
-    unseen = [score(t, "lora-rl") for t in CORE_UNSEEN] + [
-        {"table": "unseen", "task": r["task"], "method": r["method"], "mean": r["mean"],
-         "n": r["n"]} for r in adaptive]
+    unseen = [score(t, "lora-rl") for t in CORE_UNSEEN] + adaptive
     tables = {"seen": seen, "unseen": unseen,
-              "t2l": _t2l_on_an_unseen_description(art, out, model, p, engine)}
+              "t2l": _t2l_on_an_unseen_description(art, out, model, p, engine, command,
+                                                   cache.fingerprint)}
     (out / "demo_results.json").write_text(json.dumps(
-        {"preset": asdict(p), "tables": tables,
+        {"preset": asdict(p), "tables": {k: [r.as_dict() for r in v] for k, v in tables.items()},
          "seconds": round(time.perf_counter() - t_start, 1)}, indent=1))
     for name, rows in tables.items():
         _print(name, rows, p.n_test)
@@ -131,7 +129,8 @@ def run_pipeline(out: Path | None = None, preset: str = "default",
 
 
 def _t2l_on_an_unseen_description(art: Path, out: Path, model: str, p: DemoPreset,
-                                  engine: HFEngine) -> list[dict]:
+                                  engine: HFEngine, command: str,
+                                  fingerprint: str) -> list[ResultRow]:
     """Train a small T2L (SFT) on the seen instruction families, then write the adapter for a
     held-out family's description and score it against the base model on that family."""
     from t2ray.lora.peft_io import export_peft
@@ -145,30 +144,26 @@ def _t2l_on_an_unseen_description(art: Path, out: Path, model: str, p: DemoPrese
     else:
         train_t2l(T2LTrainConfig(out=str(run), model=model, steps=p.t2l_steps,
                                  eval_every=p.t2l_steps, eval_n=4))
-    ckpt = T2LCheckpoint.load(run / "checkpoint")
+    ckpt = T2LCheckpoint.load(run / "checkpoint", expect_fingerprint=fingerprint)
     task = get_task(UNSEEN_INSTRUCT_DEMO)
     description = task.descriptions[0]
     lora = ckpt.generate(DescriptionEncoder(ckpt.encoder), [description])[0]
-    export_peft(lora, out / "t2l_adapter", base_model=model)
+    export_peft(lora, out / "t2l_adapter", base_model=model, base_fingerprint=fingerprint)
     console.print(f"T2L adapter for the unseen description {description!r} -> "
                   f"{out / 't2l_adapter'}")
     rows = []
     for method, adapter in (("base", None), ("t2l-sft", lora)):
-        engine.set_lora(adapter)
-        try:
+        with engine.adapted(adapter):
             row = evaluate_task(engine, task, "test", p.n_test)
-        finally:
-            engine.reset()
-        rows.append({"table": "t2l", "task": task.name, "method": method,
-                     "mean": round(100 * row.accuracy, 2), "n": row.n})
+        rows.append(ResultRow.from_eval(row, "t2l", method, command))
     return rows
 
 
-def _print(name: str, rows: list[dict], n: int) -> None:
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
+def _print(name: str, rows: list[ResultRow], n: int) -> None:
+    methods = list(dict.fromkeys(r.method for r in rows))
+    tasks = list(dict.fromkeys(r.task for r in rows))
     t = Table("task", *methods, title=f"{name} tasks: accuracy % on {n} test items per task")
     for task in tasks:
-        cells = {r["method"]: f"{r['mean']:.1f}" for r in rows if r["task"] == task}
+        cells = {r.method: f"{r.mean:.1f}" for r in rows if r.task == task}
         t.add_row(task, *(cells.get(m, "") for m in methods))
     console.print(t)

@@ -36,13 +36,11 @@ from tqdm import tqdm
 
 from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import score_examples
-from t2ray.eval.report import invocation, merge_results
-from t2ray.eval.seen import markdown_table
+from t2ray.eval.results import ResultRow, invocation, merge_results, pivot_table
 from t2ray.eval.stats import mean_sd
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
 from t2ray.rl.trainer import TrainConfig
-from t2ray.svf.expert import ExpertVector
 from t2ray.svf.ops import decompose_model
 from t2ray.t2l.encoder import DescriptionEncoder
 from t2ray.t2l.generate import T2LCheckpoint
@@ -113,7 +111,7 @@ class T2LTable:
         self.cfg, self.out = cfg, Path(out)
         self.model, self.tok = load_model(cfg.model)
         self.svd_cache = decompose_model(cfg.model, "mlp")
-        self.engine = HFEngine(self.model, self.tok, svd_cache=self.svd_cache)
+        self.engine = HFEngine(self.model, self.tok, svd_cache=self.svd_cache, name=cfg.model)
         self._encoder = None
         self._last: tuple = (None, None)  # the adapter source loaded last: every family reuses it
 
@@ -168,7 +166,8 @@ class T2LTable:
             t.rank, t.lora_alpha = c.rank, c.lora_alpha
             t.eval_every, t.checkpoint_every = t.steps, t.steps
             train_t2l(t, workers=0)
-        return self._load_once(run, lambda: T2LCheckpoint.load(run / "checkpoint"))
+        return self._load_once(run, lambda: T2LCheckpoint.load(
+            run / "checkpoint", expect_fingerprint=self.svd_cache.fingerprint))
 
     def lora(self, method: str, seed: int, task: str):
         """The trained LoRA of `mt-lora` (all training families) or `task-lora` (`task`)."""
@@ -180,7 +179,8 @@ class T2LTable:
         else:
             run = self.out / "task-lora" / task / f"seed{seed}"
             path = self._lora(run, task, seed, c.lora_steps, c.lora_lr)
-        return self._load_once(run, lambda: import_peft(path))
+        return self._load_once(run, lambda: import_peft(
+            path, expect_fingerprint=self.svd_cache.fingerprint))
 
     # --- scoring
     def adapters(self, method: str, seed: int, task: str) -> tuple[list, list[str | None]]:
@@ -216,25 +216,14 @@ class T2LTable:
             ok = [False] * len(examples)
             for j, (adapter, system) in enumerate(zip(adapters, systems)):
                 rows = list(range(j, len(examples), k))
-                self._adapt(adapter)
-                try:
+                with self.engine.adapted(adapter):
                     got = score_examples(self.engine, task, [examples[i] for i in rows], system)
-                finally:
-                    self.engine.reset()
                 for i, v in zip(rows, got):
                     ok[i] = v
             found[task_name] = ok
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(found))
         return found
-
-    def _adapt(self, adapter) -> None:
-        if adapter is None:
-            return
-        if isinstance(adapter, ExpertVector):
-            self.engine.set_expert(adapter)
-        else:
-            self.engine.set_lora(adapter)
 
     def params(self, method: str) -> int:
         if method in FIXED:
@@ -265,29 +254,28 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
                            if task == "mean" else sum(found[task]) / len(found[task]))
                     for found in per_seed.values()]
             m, sd = mean_sd(accs)
-            rows.append({"table": "t2l", "task": task, "method": method, "metric": "accuracy",
-                         "mean": round(m, 2), "sd": round(sd, 2), "n_seeds": len(accs),
-                         "params": params, "command": command,
-                         "n": len(next(iter(per_seed.values()))[cfg.tasks[0]])})
-        console.print(f"{method:>16}: {rows[-1]['mean']:.1f} +- {rows[-1]['sd']:.1f}% "
+            rows.append(ResultRow("t2l", task, method, round(m, 2), round(sd, 2), len(accs),
+                                  params, command,
+                                  n=len(next(iter(per_seed.values()))[cfg.tasks[0]])))
+        console.print(f"{method:>16}: {rows[-1].mean:.1f} +- {rows[-1].sd:.1f}% "
                       "mean over the held-out families")
-    text = summary_table(rows) + "\n" + markdown_table(rows)
+    text = summary_table(rows) + "\n" + pivot_table(rows)
     (out / "table.md").write_text(text)
-    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    (out / "rows.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1))
     console.print(text)
     if results_json:
         merge_results(results_json, rows)
     return rows
 
 
-def summary_table(rows: list[dict]) -> str:
+def summary_table(rows: list[ResultRow]) -> str:
     """One line per method: parameters, the mean over held-out families (mean +- sd over
     seeds) and that mean as a share of the per-task (oracle) LoRAs' when they were scored."""
-    means = {r["method"]: r for r in rows if r["task"] == "mean"}
-    oracle = means.get("task-lora", {}).get("mean")
+    means = {r.method: r for r in rows if r.task == "mean"}
+    oracle = means["task-lora"].mean if "task-lora" in means else None
     lines = ["| method | params | held-out mean (%) | of task-lora |", "|---|---|---|---|"]
     for method, r in means.items():
-        share = f"{100 * r['mean'] / oracle:.0f}%" if oracle else ""
-        lines.append(f"| {method} | {r['params']:,} | {r['mean']:.1f} +- {r['sd']:.1f} "
-                     f"({r['n_seeds']} seeds) | {share} |")
+        share = f"{100 * r.mean / oracle:.0f}%" if oracle else ""
+        lines.append(f"| {method} | {r.params:,} | {r.mean:.1f} +- {r.sd:.1f} "
+                     f"({r.n_seeds} seeds) | {share} |")
     return "\n".join(lines) + "\n"

@@ -1,34 +1,35 @@
-"""`t2ray eval`: accuracy per adaptation strategy and task, over seeds, with the alpha plot.
+"""The unseen-family table (`t2ray eval`, jobs/unseen_results.py): accuracy per adaptation
+strategy and task, over seeds, with the alpha plot.
 
 Strategies: `none` (base weights), `expert` (the task family's own expert), `lora` (the task
 family's LoRA baseline), `prompt` and `classifier` (two-pass with the base model or the
 classifier expert as router), `fewshot` (a CEM mixture per task found on validation shots).
 Experts come from a library directory holding `<category>/` expert folders (`math`, `code`,
 `reasoning`, and `route` for the classifier) and `lora/<category>/` PEFT adapters, or one such
-library per seed under `seed<k>/`.
+library per seed under `seed<k>/`; `assemble_libraries` builds those from a seen sweep.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from t2ray.adapt.fewshot import FewShotConfig, alpha_mixture, search_mixture, start_scorers
 from t2ray.adapt.router import Router
 from t2ray.adapt.two_pass import TwoPass
-from t2ray.engines.hf import HFEngine, format_prompt
+from t2ray.engines.base import Engine
+from t2ray.engines.factory import build_engine
 from t2ray.eval.harness import max_new_tokens_for
-from t2ray.eval.report import invocation, merge_results
+from t2ray.eval.results import ROW_COLUMNS, ResultRow, invocation, merge_results, row_table
 from t2ray.eval.stats import mean_sd
 from t2ray.lora.peft_io import import_peft
-from t2ray.models import load_model
 from t2ray.svf.cache import SVDCache
-from t2ray.svf.expert import ExpertLibrary
+from t2ray.svf.expert import ExpertLibrary, ExpertVector
 from t2ray.tasks import get_task
 from t2ray.tasks.rewards import CORRECT, RewardCache
 
@@ -62,38 +63,35 @@ def _score(task, examples, texts, verify: RewardCache | None) -> float:
     return sum(v == CORRECT for v in verdicts) / len(examples)
 
 
-def evaluate_strategy(engine: HFEngine, lib: ExpertLibrary, task_name: str, strategy: str,
-                      seed: int, n_test: int | None, fewshot: FewShotConfig | None = None,
-                      model: str | None = None, storage: Path | None = None,
-                      scorers: list | None = None,
+def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_name: str,
+                      strategy: str, seed: int, n_test: int | None,
+                      fewshot: FewShotConfig | None = None, model: str | None = None,
+                      storage: Path | None = None, scorers: list | None = None,
                       verify: RewardCache | None = None) -> StrategyScore:
-    """One strategy on one task's test split. `verify` caches verdicts across strategies and
-    seeds (many answers repeat, and each code answer costs a sandboxed run)."""
+    """One strategy on one task's test split; `cache` is the engine's base model's SVD cache.
+    `verify` caches verdicts across strategies and seeds (many answers repeat, and each code
+    answer costs a sandboxed run)."""
     task = get_task(task_name)
     examples = task.examples("test", n_test)
     questions = [e.prompt for e in examples]
-    max_new = max_new_tokens_for(task, engine.tokenizer)
-    fp = engine.svd_cache.fingerprint if engine.svd_cache else None
+    max_new = max_new_tokens_for(task, engine)
+    fp = cache.fingerprint
     score = StrategyScore(task_name, strategy, seed, 0.0, len(examples))
     if strategy in ("none", "expert", "lora", "fewshot"):
-        expert = None
+        adapter = None
         if strategy == "lora":
-            engine.set_lora(import_peft(lib.root / "lora" / task.family))
+            adapter = import_peft(lib.root / "lora" / task.family, expect_fingerprint=fp)
         elif strategy == "expert":
-            expert = lib.get(task.family, expect_fingerprint=fp)
+            adapter = lib.get(task.family, expect_fingerprint=fp)
         elif strategy == "fewshot":
             dirs = [lib.root / c for c in EXPERT_CATEGORIES]
-            found = search_mixture(model, str(engine.svd_cache.root), dirs, task_name,
+            found = search_mixture(model, str(cache.root), dirs, task_name,
                                    fewshot or FewShotConfig(seed=seed), storage, scorers)
             score.alpha = found.alpha
-            expert = alpha_mixture([lib.get(c, expect_fingerprint=fp) for c in EXPERT_CATEGORIES],
-                                   found.alpha)
-        engine.set_expert(expert)
-        try:
-            outs = engine.generate([format_prompt(engine.tokenizer, q) for q in questions],
-                                   max_new_tokens=max_new)
-        finally:
-            engine.reset()
+            adapter = alpha_mixture([lib.get(c, expect_fingerprint=fp)
+                                     for c in EXPERT_CATEGORIES], found.alpha)
+        with engine.adapted(adapter):
+            outs = engine.generate(questions, max_new_tokens=max_new)
         score.accuracy = _score(task, examples, [o.text for o in outs], verify)
         return score
     classifier = lib.get(CLASSIFIER, expect_fingerprint=fp) if strategy == "classifier" else None
@@ -105,16 +103,33 @@ def evaluate_strategy(engine: HFEngine, lib: ExpertLibrary, task_name: str, stra
     return score
 
 
-def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
-             seeds: list[int], out: Path, svd_cache: str, n_test: int | None = None,
-             fewshot: FewShotConfig | None = None, table: str = "unseen",
-             results_json: Path | None = None) -> list[dict]:
+def check_strategies(strategies: list[str]) -> None:
     bad = set(strategies) - set(STRATEGIES)
     if bad:
         raise ValueError(f"unknown strategies {sorted(bad)}; choose from {STRATEGIES}")
+
+
+def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
+             seeds: list[int], out: Path, svd_cache: str, n_test: int | None = None,
+             fewshot: FewShotConfig | None = None, table: str = "unseen",
+             results_json: Path | None = None, engine: str = "hf") -> list[ResultRow]:
+    """Every strategy on every task and seed (scores kept under `out` as they are made); the
+    second pass runs on `engine` (`hf` or `vllm`), few-shot members on `fewshot.engine`."""
+    check_strategies(strategies)
     command = invocation()
-    base, tok = load_model(model)
-    engine = HFEngine(base, tok, svd_cache=SVDCache(svd_cache))
+    cache = SVDCache(svd_cache)
+    eng = build_engine(engine, model, svd_cache)
+    try:
+        return _run_eval(eng, cache, model, experts, tasks, strategies, seeds, out, svd_cache,
+                         n_test, fewshot, table, results_json, command)
+    finally:
+        eng.close()
+
+
+def _run_eval(engine: Engine, cache: SVDCache, model: str, experts: Path, tasks: list[str],
+              strategies: list[str], seeds: list[int], out: Path, svd_cache: str,
+              n_test: int | None, fewshot: FewShotConfig | None, table: str,
+              results_json: Path | None, command: str) -> list[ResultRow]:
     out.mkdir(parents=True, exist_ok=True)
     scores: list[StrategyScore] = []
     fewshot = fewshot or FewShotConfig()
@@ -142,8 +157,8 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                     if strategy == "fewshot" and scorers is None:
                         scorers = start_scorers(model, svd_cache,
                                                 [lib.root / c for c in EXPERT_CATEGORIES], fs)
-                    s = evaluate_strategy(engine, lib, task_name, strategy, seed, n_test, fs,
-                                          model, out / "tune", scorers, verify[task_name])
+                    s = evaluate_strategy(engine, cache, lib, task_name, strategy, seed, n_test,
+                                          fs, model, out / "tune", scorers, verify[task_name])
                     kept.parent.mkdir(parents=True, exist_ok=True)
                     kept.write_text(json.dumps({"settings": settings, "score": s.__dict__}))
                 scores.append(s)
@@ -156,8 +171,8 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                 ray.kill(a)
     (out / "scores.json").write_text(json.dumps([s.__dict__ for s in scores], indent=1))
     rows = _rows(scores, table, command, fewshot)
-    _print(rows)
-    (out / "table.md").write_text(markdown_table(rows))
+    (out / "table.md").write_text(row_table(rows, UNSEEN_COLUMNS,
+                                            "adaptation strategies, test split", console))
     if any(s.alpha for s in scores):
         plot_alpha(scores, out / "alpha.png")
     if results_json:
@@ -176,39 +191,81 @@ def method_name(strategy: str, fewshot: FewShotConfig) -> str:
 
 
 def _rows(scores: list[StrategyScore], table: str, command: str,
-          fewshot: FewShotConfig) -> list[dict]:
+          fewshot: FewShotConfig) -> list[ResultRow]:
     rows = []
     keys = dict.fromkeys((s.task, s.strategy) for s in scores)
     for task, strategy in keys:
         group = [s for s in scores if (s.task, s.strategy) == (task, strategy)]
         mean, sd = mean_sd([100 * s.accuracy for s in group])
         shares = [s.first_pass_share for s in group if s.first_pass_share is not None]
-        rows.append({"table": table, "task": task, "method": method_name(strategy, fewshot),
-                     "metric": "accuracy", "mean": round(mean, 2), "sd": round(sd, 2),
-                     "n_seeds": len(group), "params": None, "command": command,
-                     "n": group[0].n, "seeds": [round(100 * s.accuracy, 2) for s in group],
-                     "first_pass_share": round(sum(shares) / len(shares), 3) if shares else None})
+        rows.append(ResultRow(
+            table, task, method_name(strategy, fewshot), round(mean, 2), round(sd, 2),
+            len(group), None, command, n=group[0].n,
+            extra={"seeds": [round(100 * s.accuracy, 2) for s in group],
+                   "first_pass_share": round(sum(shares) / len(shares), 3) if shares else None}))
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| task | method | accuracy (mean +- sd) | seeds | first-pass share |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        share = "" if r["first_pass_share"] is None else f"{100 * r['first_pass_share']:.0f}%"
-        lines.append(f"| {r['task']} | {r['method']} | {r['mean']:.1f} +- {r['sd']:.1f} | "
-                     f"{r['n_seeds']} | {share} |")
-    return "\n".join(lines) + "\n"
+def _share_cell(r: ResultRow) -> str:
+    share = r.get("first_pass_share")
+    return "" if share is None else f"{100 * share:.0f}%"
 
 
-def _print(rows: list[dict]) -> None:
-    t = Table("task", "method", "accuracy (mean +- sd)", "seeds", "first-pass share",
-              title="adaptation strategies, test split")
-    for r in rows:
-        share = "" if r["first_pass_share"] is None else f"{100 * r['first_pass_share']:.0f}%"
-        t.add_row(r["task"], r["method"], f"{r['mean']:.1f} +- {r['sd']:.1f}",
-                  str(r["n_seeds"]), share)
-    console.print(t)
+UNSEEN_COLUMNS = {**ROW_COLUMNS, "first-pass share": _share_cell}
+
+
+def assemble_libraries(seen: Path, out: Path, seeds: list[int], cache: SVDCache,
+                       train_classifier, with_lora: bool) -> Path:
+    """Per seed, `<out>/library/seed<k>/`: the seen sweep's SVF-RL experts of that seed (math,
+    code, reasoning), the classifier expert (`route`, trained here by `train_classifier(seed,
+    run_dir)` unless a finished run exists) and, with `with_lora`, the seen sweep's LoRA-RL
+    adapters under `lora/<family>`. Returns `<out>/library`."""
+    for seed in seeds:
+        lib = ExpertLibrary(out / "library" / f"seed{seed}")
+        route_run = out / "route" / f"seed{seed}"
+        if not (route_run / "expert").exists():
+            train_classifier(seed, route_run)
+        sources = {c: seen / c / "svf-rl" / f"seed{seed}" / "expert" for c in EXPERT_CATEGORIES}
+        sources[CLASSIFIER] = route_run / "expert"
+        for name, src in sources.items():
+            if name not in lib.names():
+                lib.add(name, ExpertVector.load(src, expect_fingerprint=cache.fingerprint))
+        for family in EXPERT_CATEGORIES if with_lora else ():
+            dst = lib.root / "lora" / family
+            if not dst.exists():
+                shutil.copytree(seen / family / "lora-rl" / f"seed{seed}" / "lora", dst)
+    return out / "library"
+
+
+def unseen_table(config: Path, seen: Path, out: Path, model: str, seeds: list[int],
+                 strategies: list[str], n_test: int | None, fewshot: FewShotConfig,
+                 tables: Path | None = None, results_json: Path | None = None) -> list[ResultRow]:
+    """The unseen-family table (the paper's Table 2) from a finished seen sweep: per seed the
+    classifier expert is trained with the sweep's SVF-RL settings (`config`, the seen sweep's
+    YAML; its `tasks: route:` entry holds the classifier's own), the libraries are assembled,
+    then every strategy is scored on the unseen families' test splits."""
+    import yaml
+
+    from t2ray.distributed.ray_env import ensure_ray
+    from t2ray.rl.launch import train
+    from t2ray.rl.trainer import TrainConfig
+    from t2ray.svf.ops import decompose_model
+    from t2ray.tasks import CORE_UNSEEN
+
+    fields = yaml.safe_load(Path(config).read_text()) or {}
+    overrides = (fields.pop("methods", {}) or {}).get("svf-rl", {})
+    overrides.update(((fields.pop("tasks", {}) or {}).get(CLASSIFIER) or {}).get("svf-rl", {}))
+    cache = decompose_model(model, "mlp")
+    base_cfg = TrainConfig(**{**fields, **overrides}, model=model, svd_cache=str(cache.root))
+    library = assemble_libraries(
+        Path(seen), Path(out), seeds, cache,
+        lambda seed, run: train(replace(base_cfg, out=str(run), task=CLASSIFIER, seed=seed),
+                                workers=0),
+        with_lora="lora" in strategies)
+    if "fewshot" in strategies:
+        ensure_ray(num_cpus=max(2, fewshot.concurrency))
+    return run_eval(model, library, list(CORE_UNSEEN), strategies, seeds, Path(tables or out),
+                    str(cache.root), n_test, fewshot, results_json=results_json)
 
 
 def plot_alpha(scores: list[StrategyScore], png: Path) -> None:

@@ -1,0 +1,24 @@
+"""An engine by name, for the commands that take `--engine hf|vllm`."""
+
+from __future__ import annotations
+
+from t2ray.engines.base import Engine
+
+ENGINES = ("hf", "vllm")
+
+
+def build_engine(kind: str, model: str, svd_cache: str | None = None, **options) -> Engine:
+    """`hf`: the model loaded in this process; `vllm`: a vLLM engine actor (Ray must be up;
+    `options` are `VLLMConfig` fields)."""
+    if kind not in ENGINES:
+        raise ValueError(f"unknown engine {kind!r}; choose one of {ENGINES}")
+    if kind == "vllm":
+        from t2ray.engines.vllm import VLLMConfig, VLLMEngine
+
+        return VLLMEngine(VLLMConfig(model=model, svd_cache=svd_cache, **options))
+    from t2ray.engines.hf import HFEngine
+    from t2ray.models import load_model
+    from t2ray.svf.cache import SVDCache
+
+    base, tok = load_model(model)
+    return HFEngine(base, tok, svd_cache=SVDCache(svd_cache) if svd_cache else None, name=model)
