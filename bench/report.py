@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -19,6 +20,16 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
             f"threads, {gpu}, torch {torch.__version__}")
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def write_section(name: str, command: str, body: str, path: Path = BENCHMARKS_MD) -> None:

@@ -10,32 +10,20 @@ switching experts (recompose) >= 20x faster than reloading the model from disk.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_section  # noqa: E402
+from report import median_time, write_section  # noqa: E402
 
 from t2ray.models import load_model  # noqa: E402
 from t2ray.svf import ExpertVector, SVFParam, decompose, factorized, mix, recomposed  # noqa: E402
 
 BATCH, SEQ = 8, 128
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def random_experts(cache, k: int) -> list[ExpertVector]:

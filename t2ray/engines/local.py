@@ -45,12 +45,10 @@ def make_completion(tokenizer, ids: list[int], logprobs: list[float] | None,
     return Completion(text, ids, logprobs, finish)
 
 
-@torch.inference_mode()
-def sequence_logprobs(forward: Forward, tokenizer, prompts: Sequence[PromptLike],
-                      continuations: Sequence[str], batch_size: int = 64,
-                      per_token: bool = False) -> torch.Tensor:
-    """Per (prompt, continuation) pair: sum of log p(continuation tokens + eos | templated
-    prompt), or that sum over the token count when `per_token`. One forward per batch."""
+def continuation_rows(tokenizer, prompts: Sequence[PromptLike],
+                      continuations: Sequence[str]) -> tuple[list[list[int]], list[tuple]]:
+    """Token ids of each templated prompt + continuation + eos, and the (start, end) of the
+    continuation tokens (eos included) in each row: what every engine's `score` sums over."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     rows, spans = [], []
@@ -59,6 +57,22 @@ def sequence_logprobs(forward: Forward, tokenizer, prompts: Sequence[PromptLike]
         ans = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(ctx + ans)
         spans.append((len(ctx), len(ctx) + len(ans)))
+    return rows, spans
+
+
+def reduce_scores(sums: torch.Tensor, spans: list[tuple], per_token: bool) -> torch.Tensor:
+    if not per_token:
+        return sums
+    return sums / torch.tensor([b - a for a, b in spans], dtype=torch.float32)
+
+
+@torch.inference_mode()
+def sequence_logprobs(forward: Forward, tokenizer, prompts: Sequence[PromptLike],
+                      continuations: Sequence[str], batch_size: int = 64,
+                      per_token: bool = False) -> torch.Tensor:
+    """Per (prompt, continuation) pair: sum of log p(continuation tokens + eos | templated
+    prompt), or that sum over the token count when `per_token`. One forward per batch."""
+    rows, spans = continuation_rows(tokenizer, prompts, continuations)
     sums = torch.empty(len(rows))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -73,6 +87,4 @@ def sequence_logprobs(forward: Forward, tokenizer, prompts: Sequence[PromptLike]
         for i, (a, b) in enumerate(spans[start : start + len(chunk)]):
             # the token at position t is predicted by the logits at t - 1
             sums[start + i] = logp[i, a - 1 : b - 1].gather(-1, ids[i, a:b, None]).sum()
-    if per_token:
-        return sums / torch.tensor([b - a for a, b in spans], dtype=torch.float32)
-    return sums
+    return reduce_scores(sums, spans, per_token)
