@@ -60,7 +60,7 @@ class VLLMConfig:
     cpu_kvcache_space_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE
     seed: int = 0
     num_cpus: float = 1.0  # the actor's Ray resources
-    num_gpus: float = 0.0
+    num_gpus: float | None = None  # None: one per tensor-parallel rank when CUDA is present
 
 
 class VLLMEngineActor:
@@ -152,7 +152,10 @@ def start_engine_actor(cfg: VLLMConfig, name: str | None = None):
     that other processes (Ray Train ranks, Serve replicas) can join with `ray.get_actor`."""
     import ray
 
-    options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+    gpus = cfg.num_gpus
+    if gpus is None:
+        gpus = cfg.tensor_parallel_size if torch.cuda.is_available() else 0
+    options = {"num_cpus": cfg.num_cpus, "num_gpus": gpus}
     if name:
         options.update(name=name, get_if_exists=True)
     return ray.remote(VLLMEngineActor).options(**options).remote(asdict(cfg))

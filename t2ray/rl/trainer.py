@@ -78,8 +78,8 @@ class TrainConfig:
     # rollouts and validation: "hf" (the policy's model in this process) or "vllm" (one vLLM
     # engine actor for the run, following z; it replaces the lock-step engine under ZeRO-3)
     engine: str = "hf"
-    engine_cpus: float = 1.0  # the vLLM actor's Ray CPUs (GPUs on a cluster: engine_gpus)
-    engine_gpus: float = 0.0
+    engine_cpus: float = 1.0  # the vLLM actor's Ray CPUs
+    engine_gpus: float | None = None  # its GPUs (None: one per tensor-parallel rank on CUDA)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
