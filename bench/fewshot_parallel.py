@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_section  # noqa: E402
 
 from t2ray.adapt.fewshot import FewShotConfig, search_mixture, start_scorers  # noqa: E402
+from t2ray.distributed.ray_env import ensure_ray  # noqa: E402
 from t2ray.svf.expert import ExpertVector, SVFParam  # noqa: E402
 from t2ray.svf.ops import decompose_model  # noqa: E402
 
@@ -55,7 +56,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="t2ray-bench-fewshot-"))
     dirs = ([args.experts / c for c in ("math", "code", "reasoning")] if args.experts
             else random_experts(cache, work / "experts"))
-    ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=args.concurrency)
     n = args.concurrency
 
     def config(concurrency: int, generations: int) -> FewShotConfig:
