@@ -227,3 +227,26 @@ def test_base_eval_on_vllm_equals_hf_from_the_command_line(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         rows[engine] = [(r["task"], r["correct"]) for r in json.loads(proc.stdout)]
     assert rows["vllm"] == rows["hf"]
+
+
+@pytest.mark.slow
+def test_adaptive_eval_and_few_shot_search_on_vllm_equal_hf(tmp_path, cache, local_ray):  # noqa: F811
+    """`t2ray eval` with `--engine vllm`: the second pass and the few-shot members' engine actors
+    run on vLLM, and every strategy scores what it scores on the HF engine."""
+    from dataclasses import replace
+
+    from t2ray.adapt.fewshot import FewShotConfig
+    from t2ray.experiments.unseen import run_eval
+    from t2ray.svf.expert import ExpertLibrary
+
+    lib = ExpertLibrary(tmp_path / "lib")
+    for k, name in enumerate(["math", "code", "reasoning", "route"]):
+        lib.add(name, _expert(cache, 10 + k, name, scale=0.5))
+    fewshot = FewShotConfig(shots=2, select=0, population=2, generations=1, concurrency=1)
+    rows = {}
+    for engine in ("hf", "vllm"):
+        rows[engine] = run_eval("tiny", lib.root, ["math-hard"],
+                                ["none", "expert", "classifier", "fewshot"], [0],
+                                tmp_path / engine, str(cache.root), n_test=8,
+                                fewshot=replace(fewshot, engine=engine), engine=engine)
+    assert [(r.method, r.mean) for r in rows["vllm"]] == [(r.method, r.mean) for r in rows["hf"]]

@@ -15,6 +15,9 @@ def build_engine(kind: str, model: str, svd_cache: str | None = None, **options)
     if kind == "vllm":
         from t2ray.engines.vllm import VLLMConfig, VLLMEngine
 
+        # The actor itself mostly waits on vLLM's own processes, which Ray does not count;
+        # reserving a Ray CPU for it would starve the trials of a few-shot search on 2 cores.
+        options.setdefault("num_cpus", 0)
         return VLLMEngine(VLLMConfig(model=model, svd_cache=svd_cache, **options))
     from t2ray.engines.hf import HFEngine
     from t2ray.models import load_model
