@@ -85,12 +85,7 @@ class VLLMEngineActor:
                        worker_extension_cls=WORKER_EXTENSION)
         self.svf = None
         if cfg.svd_cache:
-            import json
-
-            fingerprint = json.loads((Path(cfg.svd_cache) / "manifest.json").read_text())[
-                "base_fingerprint"]
-            self.svf = self.llm.collective_rpc("t2ray_load_svf",
-                                               args=(cfg.svd_cache, self.path, fingerprint))
+            self.svf = self.llm.collective_rpc("t2ray_load_svf", args=(cfg.svd_cache, self.path))
 
     @staticmethod
     def _loras(loras: list):

@@ -91,7 +91,7 @@ class _Checkpoint:
 class SVFWorker:
     """Methods vLLM adds to each worker. `self` is the worker (it has `model_runner`)."""
 
-    def t2ray_load_svf(self, cache_dir: str, model_dir: str, fingerprint: str) -> dict:
+    def t2ray_load_svf(self, cache_dir: str, model_dir: str) -> dict:
         """Hold this rank's factor slices of every matrix in the SVD cache, and the base slices
         needed to restore them; returns the bytes held."""
         from vllm.distributed import (
@@ -99,10 +99,10 @@ class SVFWorker:
             get_tensor_model_parallel_world_size,
         )
 
-        manifest = json.loads((Path(cache_dir) / "manifest.json").read_text())
-        if manifest["base_fingerprint"] != fingerprint:
-            raise ValueError(f"SVD cache {cache_dir} was made for base {manifest['base_fingerprint']}, "
-                             f"the engine's base is {fingerprint}")
+        from t2ray.artifacts import read_manifest
+        from t2ray.svf.cache import SVD_CACHE
+
+        manifest = read_manifest(cache_dir, SVD_CACHE)
         tp_rank, tp_size = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
         base = _Checkpoint(model_dir)
         self.t2ray_svf = {"matrices": {}, "base": {}, "ranks": {}, "tp": (tp_rank, tp_size)}

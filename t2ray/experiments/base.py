@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
 from pathlib import Path
 
 from rich.console import Console
@@ -23,12 +24,9 @@ def evaluate_base(model_name: str, task_names: list[str], split: str = "test",
                   n: int | None = None, progress: bool = True,
                   engine: str = "hf") -> list[EvalRow]:
     tasks = [get_task(t) for t in task_names]  # fail on a bad name before loading anything
-    eng = build_engine(engine, model_name)
-    try:
+    with closing(build_engine(engine, model_name)) as eng:
         return [evaluate_task(eng, t, split, n)
                 for t in tqdm(tasks, desc="tasks", disable=not progress)]
-    finally:
-        eng.close()
 
 
 def evaluate_heldout_instruct(engine, split: str = "test", n: int | None = None) -> EvalRow:

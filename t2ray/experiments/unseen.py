@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -118,57 +119,46 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
     check_strategies(strategies)
     command = invocation()
     cache = SVDCache(svd_cache)
-    eng = build_engine(engine, model, svd_cache)
-    try:
-        return _run_eval(eng, cache, model, experts, tasks, strategies, seeds, out, svd_cache,
-                         n_test, fewshot, table, results_json, command)
-    finally:
-        eng.close()
-
-
-def _run_eval(engine: Engine, cache: SVDCache, model: str, experts: Path, tasks: list[str],
-              strategies: list[str], seeds: list[int], out: Path, svd_cache: str,
-              n_test: int | None, fewshot: FewShotConfig | None, table: str,
-              results_json: Path | None, command: str) -> list[ResultRow]:
     out.mkdir(parents=True, exist_ok=True)
     scores: list[StrategyScore] = []
     fewshot = fewshot or FewShotConfig()
     verify = {t: RewardCache(get_task(t).kind) for t in tasks}
-    for seed in seeds:
-        lib = library_for_seed(experts, seed)
-        fs = replace(fewshot, seed=seed)
-        scorers = None  # engine actors, started on the first search and shared by all tasks
-        for task_name in tasks:
-            for strategy in strategies:
-                t0 = time.perf_counter()
-                # each score is kept as it is made, so a long sweep resumes where it stopped
-                kept = out / "scores" / f"seed{seed}" / f"{task_name}-{strategy}.json"
-                settings = {"n_test": n_test, "fewshot": asdict(fs) if strategy == "fewshot"
-                            else None}
-                earlier = next((x for x in scores if (x.task, x.strategy) == (task_name, "none")),
-                               None)
-                record = json.loads(kept.read_text()) if kept.exists() else None
-                if record is not None and record["settings"] == settings:
-                    s = StrategyScore(**record["score"])
-                    console.print(f"[dim]reusing {kept}[/dim]")
-                elif strategy == "none" and earlier is not None:
-                    s = replace(earlier, seed=seed)  # greedy base weights: the same every seed
-                else:
-                    if strategy == "fewshot" and scorers is None:
-                        scorers = start_scorers(model, svd_cache,
-                                                [lib.root / c for c in EXPERT_CATEGORIES], fs)
-                    s = evaluate_strategy(engine, cache, lib, task_name, strategy, seed, n_test,
-                                          fs, model, out / "tune", scorers, verify[task_name])
-                    kept.parent.mkdir(parents=True, exist_ok=True)
-                    kept.write_text(json.dumps({"settings": settings, "score": s.__dict__}))
-                scores.append(s)
-                console.print(f"seed {seed} {task_name:>15} {strategy:>10}: "
-                              f"{100 * s.accuracy:.1f}% ({time.perf_counter() - t0:.0f} s)")
-        if scorers:
-            import ray
+    with closing(build_engine(engine, model, svd_cache)) as eng:
+        for seed in seeds:
+            lib = library_for_seed(experts, seed)
+            fs = replace(fewshot, seed=seed)
+            scorers = None  # engine actors, started on the first search and shared by all tasks
+            for task_name in tasks:
+                for strategy in strategies:
+                    t0 = time.perf_counter()
+                    # each score is kept as it is made, so a long sweep resumes where it stopped
+                    kept = out / "scores" / f"seed{seed}" / f"{task_name}-{strategy}.json"
+                    settings = {"n_test": n_test, "fewshot": asdict(fs) if strategy == "fewshot"
+                                else None}
+                    earlier = next((x for x in scores if (x.task, x.strategy) == (task_name, "none")),
+                                   None)
+                    record = json.loads(kept.read_text()) if kept.exists() else None
+                    if record is not None and record["settings"] == settings:
+                        s = StrategyScore(**record["score"])
+                        console.print(f"[dim]reusing {kept}[/dim]")
+                    elif strategy == "none" and earlier is not None:
+                        s = replace(earlier, seed=seed)  # greedy base weights: the same every seed
+                    else:
+                        if strategy == "fewshot" and scorers is None:
+                            scorers = start_scorers(model, svd_cache,
+                                                    [lib.root / c for c in EXPERT_CATEGORIES], fs)
+                        s = evaluate_strategy(eng, cache, lib, task_name, strategy, seed, n_test,
+                                              fs, model, out / "tune", scorers, verify[task_name])
+                        kept.parent.mkdir(parents=True, exist_ok=True)
+                        kept.write_text(json.dumps({"settings": settings, "score": s.__dict__}))
+                    scores.append(s)
+                    console.print(f"seed {seed} {task_name:>15} {strategy:>10}: "
+                                  f"{100 * s.accuracy:.1f}% ({time.perf_counter() - t0:.0f} s)")
+            if scorers:
+                import ray
 
-            for a in scorers:
-                ray.kill(a)
+                for a in scorers:
+                    ray.kill(a)
     (out / "scores.json").write_text(json.dumps([s.__dict__ for s in scores], indent=1))
     rows = _rows(scores, table, command, fewshot)
     (out / "table.md").write_text(row_table(rows, UNSEEN_COLUMNS,

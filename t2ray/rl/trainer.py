@@ -27,6 +27,7 @@ from t2ray.distributed.loop import (
     sft_loss,
 )
 from t2ray.engines.base import Completion, Engine, label_scores
+from t2ray.engines.factory import ENGINES
 from t2ray.engines.hf import HFEngine
 from t2ray.engines.lockstep import LockstepEngine
 from t2ray.eval.harness import evaluate_task, max_new_tokens_for
@@ -92,8 +93,8 @@ class TrainConfig:
             raise ValueError(f"objective must be 'rl' or 'sft', not {self.objective!r}")
         if self.policy == "svf" and not self.svd_cache:
             raise ValueError("an SVF policy needs svd_cache (run `t2ray svf decompose`)")
-        if self.engine not in ("hf", "vllm"):
-            raise ValueError(f"engine must be 'hf' or 'vllm', not {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
         if self.optimizer not in ("adamw-cosine", "adam-constant"):
             raise ValueError(f"unknown optimizer preset {self.optimizer!r}")
         if self.deepspeed_stage == 3 and self.policy == "lora":
@@ -218,8 +219,8 @@ class RolloutSource:
 def _vllm_source(cfg: TrainConfig, policy) -> RolloutSource:
     """One vLLM engine actor for the whole run, shared by every rank. A LoRA travels with each
     request, so every rank adapts its own requests; z lives in the engine, so rank 0 sends it
-    after each optimiser step (all ranks hold the same z) and every rank waits for that before
-    it asks for rollouts, and for every rank's rollouts before the next send."""
+    after each optimiser step (all ranks hold the same z). Every rank waits for the send before
+    it asks for rollouts, and for every rank's rollouts before the next send or the end."""
     import hashlib
 
     import torch.distributed as dist
@@ -239,13 +240,12 @@ def _vllm_source(cfg: TrainConfig, policy) -> RolloutSource:
         if world > 1:
             dist.barrier()
 
+    # a LoRA is per request, so each rank adapts its own; z is sent by rank 0 alone
+    adapts_here = cfg.policy == "lora" or rank == 0
+
     @contextmanager
     def following():
-        if cfg.policy == "lora":
-            with engine.adapted(policy.adapter()):
-                yield
-            return
-        with engine.adapted(policy.adapter()) if rank == 0 else nullcontext():
+        with engine.adapted(policy.adapter()) if adapts_here else nullcontext():
             barrier()  # z is in the engine
             try:
                 yield
@@ -253,7 +253,7 @@ def _vllm_source(cfg: TrainConfig, policy) -> RolloutSource:
                 barrier()  # every rank's rollouts are done
 
     def close() -> None:
-        # every rank's last use of the engine ended at validation's closing barrier
+        # every rank's last use of the engine ended at the last validation's closing barrier
         import ray
 
         if rank == 0:
