@@ -32,6 +32,9 @@ app.add_typer(t2l_app, name="t2l")
 results_app = typer.Typer(help="The results tables: train what each compares, score it on the "
                           "test split, write docs/results.json.", no_args_is_help=True)
 app.add_typer(results_app, name="results")
+serve_app = typer.Typer(help="Serving: the kit the packaged graph serves (run the graph itself "
+                        "with `serve run serve_config.yaml`).", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
 console = Console()
 # What a user can get wrong; anything else is a bug and keeps its traceback.
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, KeyError, ValueError)
@@ -424,6 +427,31 @@ def demo(
     if preset not in PRESETS:
         raise typer.BadParameter(f"preset must be one of {sorted(PRESETS)}")
     run_pipeline(out=out, preset=preset)
+
+
+@serve_app.command("kit")
+def serve_kit(
+    out: Optional[Path] = typer.Option(None, help="Kit directory (default: the packaged kit, "
+                                       "t2ray/serve/kit)."),
+    preset: str = typer.Option("default", help="The demo preset whose artifacts it holds."),
+    fewshot_task: str = typer.Option("math-hard", help="The task of its few-shot profile."),
+):
+    """Build the serving kit of the bundled model from the demo's artifacts (trained when
+    missing): the experts, the classifier, a LoRA per family, the T2L checkpoint and a few-shot
+    profile, checked against the base fingerprint; its manifest records this command."""
+    from t2ray.distributed.ray_env import ensure_ray
+    from t2ray.eval.results import invocation
+    from t2ray.experiments.demo import PRESETS, kit_sources
+    from t2ray.serve.library import KIT_DIR, assemble_kit
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"preset must be one of {sorted(PRESETS)}")
+    command = invocation()
+    ensure_ray(num_cpus=2)
+    manifest = assemble_kit(out or KIT_DIR, command=command,
+                            **kit_sources(preset=preset, fewshot_task=fewshot_task))
+    console.print(f"serving kit -> {out or KIT_DIR}: {manifest['total_bytes'] / 1e6:.2f} MB")
+    _print_mapping(manifest["bytes"], as_json=False)
 
 
 @results_app.command("seen")

@@ -7,25 +7,32 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_serve_config_is_a_valid_serve_deploy_config():
+def _deployments(app) -> set[str]:
+    """Names of every deployment bound into a built application."""
+    from ray.serve.deployment import Application
+
+    found, todo = set(), [app]
+    while todo:
+        d = todo.pop()._bound_deployment
+        found.add(d.name)
+        todo += [a for a in (*d.init_args, *d.init_kwargs.values()) if isinstance(a, Application)]
+    return found
+
+
+def test_serve_config_is_valid_and_names_the_deployments_the_app_builds(monkeypatch):
     from ray.serve.schema import ServeDeploySchema
 
+    from t2ray.serve.app import DEPLOYMENTS
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
     app = config.applications[0]
     assert app.import_path == "t2ray.serve.app:build_app"
     module, attr = app.import_path.split(":")
     builder = getattr(__import__(module, fromlist=[attr]), attr)
-    assert builder(app.args) is not None
-
-
-def test_serve_app_answers_in_local_testing_mode():
-    from ray import serve
-
-    from t2ray.serve.app import build_app
-
-    handle = serve.run(build_app({"model": "tiny"}), _local_testing_mode=True)
-    info = handle.describe.remote().result()
-    assert info["architecture"] == "LlamaForCausalLM" and info["parameters"] > 1_000_000
+    built = _deployments(builder(app.args))
+    assert built == set(DEPLOYMENTS)
+    assert {d.name for d in app.deployments} == built
 
 
 def test_cluster_manifests_parse():

@@ -25,8 +25,15 @@ class Router:
     classifier: object | None = None  # ExpertVector for the `classifier` strategy
     categories: tuple[str, ...] = CATEGORIES
 
-    def route(self, questions: list[str]) -> list[str]:
+    def scores(self, questions: list[str]):
+        """(len(questions), len(categories)): each label's per-token log-probability."""
         with self.engine.adapted(self.classifier):
-            scores = label_scores(self.engine, [route_prompt(q) for q in questions],
-                                  list(self.categories))
+            return label_scores(self.engine, [route_prompt(q) for q in questions],
+                                list(self.categories))
+
+    def pick(self, scores) -> list[str]:
+        """The category of each row of `scores`: the label scored highest."""
         return [self.categories[i] for i in scores.argmax(-1).tolist()]
+
+    def route(self, questions: list[str]) -> list[str]:
+        return self.pick(self.scores(questions))

@@ -26,6 +26,7 @@ from t2ray.experiments.unseen import CLASSIFIER, EXPERT_CATEGORIES, run_eval
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import TINY, load_model
 from t2ray.rl.trainer import TrainConfig
+from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import ExpertLibrary, ExpertVector
 from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, get_task
 
@@ -46,6 +47,10 @@ class DemoPreset:
     generations: int = 2
     t2l_steps: int = 150
 
+    def fewshot(self) -> FewShotConfig:
+        return FewShotConfig(shots=self.shots, select=self.shots, population=self.population,
+                             generations=self.generations)
+
 
 PRESETS = {"default": DemoPreset(),
            "smoke": DemoPreset(steps=1, prompts_per_step=2, samples_per_prompt=2, n_test=4,
@@ -61,18 +66,15 @@ def _train_once(cfg: TrainConfig, artifact: Path) -> None:
     train(cfg, workers=0)
 
 
-def run_pipeline(out: Path | None = None, preset: str = "default",
-                 model: str = TINY) -> dict[str, list[ResultRow]]:
-    from t2ray.distributed.ray_env import ensure_ray
+def train_artifacts(model: str = TINY, preset: str = "default") -> tuple[Path, SVDCache]:
+    """The demo's trained artifacts on `model`: the math, code and reasoning experts and the
+    classifier expert (library `experts/`), one LoRA per family (`train/lora-<family>/lora`) and a
+    T2L checkpoint (`t2l/checkpoint`), trained once per base fingerprint and preset under
+    runs/demo-artifacts/ and reused after. Returns (artifact directory, SVD cache)."""
     from t2ray.svf.ops import decompose_model
+    from t2ray.t2l.train import T2LTrainConfig, train_t2l
 
     p = PRESETS[preset]
-    out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    console.print(f"[bold]t2ray demo[/bold] ({preset} preset) -> {out}")
-    ensure_ray(num_cpus=2)
-    command = invocation()
     cache = decompose_model(model, "mlp")
     art = Path("runs") / "demo-artifacts" / f"{cache.fingerprint}-{preset}"
     shared = dict(model=model, steps=p.steps, prompts_per_step=p.prompts_per_step,
@@ -93,6 +95,44 @@ def run_pipeline(out: Path | None = None, preset: str = "default",
         run = art / "train" / f"lora-{name}"
         _train_once(TrainConfig(out=str(run), task=name, policy="lora", lr=p.lora_lr, **shared),
                     run / "lora")
+    if (art / "t2l" / "checkpoint").exists():
+        console.print(f"[dim]reusing {art / 't2l' / 'checkpoint'}[/dim]")
+    else:  # a small T2L (SFT) on the seen instruction families
+        train_t2l(T2LTrainConfig(out=str(art / "t2l"), model=model, steps=p.t2l_steps,
+                                 eval_every=p.t2l_steps, eval_n=4))
+    return art, cache
+
+
+def kit_sources(model: str = TINY, preset: str = "default",
+                fewshot_task: str = "math-hard") -> dict:
+    """What the serving kit is built from: the demo's artifacts (trained if missing) and one
+    few-shot profile, found by `run_eval`'s few-shot strategy on `fewshot_task` (which writes
+    the profile as `t2ray eval --strategy fewshot` does)."""
+    p = PRESETS[preset]
+    art, cache = train_artifacts(model, preset)
+    out = art / "kit-fewshot"
+    run_eval(model, art / "experts", [fewshot_task], ["fewshot"], [0], out, str(cache.root),
+             p.n_test, p.fewshot())
+    return {"fingerprint": cache.fingerprint,
+            "experts": {n: art / "experts" / n for n in (*EXPERT_CATEGORIES, CLASSIFIER)},
+            "loras": {n: art / "train" / f"lora-{n}" / "lora" for n in EXPERT_CATEGORIES},
+            "profiles": {fewshot_task: out / "profiles" / f"{fewshot_task}-seed0"},
+            "t2l": art / "t2l" / "checkpoint"}
+
+
+def run_pipeline(out: Path | None = None, preset: str = "default",
+                 model: str = TINY) -> dict[str, list[ResultRow]]:
+    from t2ray.distributed.ray_env import ensure_ray
+
+    p = PRESETS[preset]
+    out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    console.print(f"[bold]t2ray demo[/bold] ({preset} preset) -> {out}")
+    ensure_ray(num_cpus=2)
+    command = invocation()
+    art, cache = train_artifacts(model, preset)
+    lib = ExpertLibrary(art / "experts")
 
     base, tok = load_model(model)
     engine = HFEngine(base, tok, svd_cache=cache, name=model)
@@ -110,11 +150,9 @@ def run_pipeline(out: Path | None = None, preset: str = "default",
                                    command)
 
     seen = [score(t, m) for t in CORE_SEEN for m in ("base", "lora-rl", "svf-rl")]
-    fewshot = FewShotConfig(shots=p.shots, select=p.shots, population=p.population,
-                            generations=p.generations)
     adaptive = run_eval(model, art / "experts", list(CORE_UNSEEN),
                         ["none", "prompt", "classifier", "fewshot"], [0], out / "unseen",
-                        str(cache.root), p.n_test, fewshot)
+                        str(cache.root), p.n_test, p.fewshot())
     unseen = [score(t, "lora-rl") for t in CORE_UNSEEN] + adaptive
     tables = {"seen": seen, "unseen": unseen,
               "t2l": _t2l_on_an_unseen_description(art, out, model, p, engine, command,
@@ -131,19 +169,13 @@ def run_pipeline(out: Path | None = None, preset: str = "default",
 def _t2l_on_an_unseen_description(art: Path, out: Path, model: str, p: DemoPreset,
                                   engine: HFEngine, command: str,
                                   fingerprint: str) -> list[ResultRow]:
-    """Train a small T2L (SFT) on the seen instruction families, then write the adapter for a
-    held-out family's description and score it against the base model on that family."""
+    """Write the adapter of a held-out family's description with the demo's T2L checkpoint and
+    score it against the base model on that family."""
     from t2ray.lora.peft_io import export_peft
     from t2ray.t2l.encoder import DescriptionEncoder
     from t2ray.t2l.generate import T2LCheckpoint
-    from t2ray.t2l.train import T2LTrainConfig, train_t2l
 
     run = art / "t2l"
-    if (run / "checkpoint").exists():
-        console.print(f"[dim]reusing {run / 'checkpoint'}[/dim]")
-    else:
-        train_t2l(T2LTrainConfig(out=str(run), model=model, steps=p.t2l_steps,
-                                 eval_every=p.t2l_steps, eval_n=4))
     ckpt = T2LCheckpoint.load(run / "checkpoint", expect_fingerprint=fingerprint)
     task = get_task(UNSEEN_INSTRUCT_DEMO)
     description = task.descriptions[0]

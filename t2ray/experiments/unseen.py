@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from t2ray.adapt.fewshot import FewShotConfig, alpha_mixture, search_mixture, start_scorers
+from t2ray.adapt.profile import FewShotProfile
 from t2ray.adapt.router import Router
 from t2ray.adapt.two_pass import TwoPass
 from t2ray.engines.base import Engine
@@ -152,6 +153,10 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                         kept.parent.mkdir(parents=True, exist_ok=True)
                         kept.write_text(json.dumps({"settings": settings, "score": s.__dict__}))
                     scores.append(s)
+                    if s.alpha:  # the stored form a server mixes with (`fewshot:<profile>`)
+                        FewShotProfile(task_name, tuple(s.alpha), EXPERT_CATEGORIES,
+                                       cache.fingerprint).save(
+                            out / "profiles" / f"{task_name}-seed{seed}")
                     console.print(f"seed {seed} {task_name:>15} {strategy:>10}: "
                                   f"{100 * s.accuracy:.1f}% ({time.perf_counter() - t0:.0f} s)")
             if scorers:

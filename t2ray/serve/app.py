@@ -1,32 +1,46 @@
-"""The Serve application named by serve_config.yaml.
+"""The Serve application that serve_config.yaml names: ingress -> task router (pass 1) ->
+adapted LLM (pass 2), with the T2L generator beside them.
 
-At this stage one deployment answers `GET /health` and `GET /info` (the base model's summary),
-so the config, the import path and the HTTP route are real and tested; the task router and the
-adapted-model deployments join this graph later.
+`build_app(args)` runs where the application is built (the `serve run` process, or a task on
+the cluster for `serve deploy`): it finds the base model's SVD cache (decomposing it when none is
+given), opens the library once so that artifacts made for another base are refused at start-up
+with a log line, and binds the deployments with what they need.
 """
 
 from __future__ import annotations
 
-from ray import serve
-from starlette.requests import Request
+import logging
 
+from t2ray.serve.config import ServeArgs
+from t2ray.serve.deployments import AdaptedLLM, T2LGenerator, TaskRouter
+from t2ray.serve.ingress import Ingress
+from t2ray.serve.library import KIT_DIR, ServingLibrary
 
-@serve.deployment(name="BaseModelInfo", num_replicas=1, ray_actor_options={"num_cpus": 0.5})
-class BaseModelInfo:
-    def __init__(self, model: str = "tiny"):
-        from t2ray.models import base_model_info
-
-        self.info = base_model_info(model)
-
-    def describe(self) -> dict:
-        return self.info
-
-    async def __call__(self, request: Request) -> dict:
-        if request.url.path.rstrip("/").endswith("/health"):
-            return {"status": "ok"}
-        return self.describe()
+log = logging.getLogger("ray.serve")
+DEPLOYMENTS = ("Ingress", "TaskRouter", "AdaptedLLM", "T2LGenerator")
 
 
 def build_app(args: dict | None = None):
-    """Application builder used by `serve run` / `serve deploy` (args from the config)."""
-    return BaseModelInfo.bind(**(args or {}))
+    """Application builder for `serve run` / `serve deploy` (`args` from the config)."""
+    from transformers import AutoConfig
+
+    from t2ray.models import TINY, resolve_model_path
+    from t2ray.svf.cache import SVDCache
+    from t2ray.svf.ops import decompose_model
+
+    cfg = ServeArgs.from_args(args)
+    if cfg.library is None and cfg.model != TINY:
+        raise ValueError(f"the packaged serving kit is for the bundled `tiny` model; give "
+                         f"`library:` for {cfg.model!r}")
+    library = str(cfg.library or KIT_DIR)
+    cache = SVDCache(cfg.svd_cache) if cfg.svd_cache else decompose_model(cfg.model,
+                                                                          cfg.svd_targets)
+    fingerprint = cache.fingerprint
+    lib = ServingLibrary.open(library, fingerprint)  # refusals are logged here, at start-up
+    for what, why in lib.refused.items():
+        log.error("serving without %s: %s", what, why)
+    max_positions = AutoConfig.from_pretrained(resolve_model_path(cfg.model)).max_position_embeddings
+    shared = (cfg.as_dict(), fingerprint, str(cache.root), library)
+    t2l = T2LGenerator.bind(*shared) if lib.t2l else None
+    return Ingress.bind(TaskRouter.bind(*shared), AdaptedLLM.bind(*shared, t2l), t2l,
+                        cfg.as_dict(), fingerprint, library, max_positions)
