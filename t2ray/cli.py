@@ -427,6 +427,26 @@ def demo(
     if preset not in PRESETS:
         raise typer.BadParameter(f"preset must be one of {sorted(PRESETS)}")
     run_pipeline(out=out, preset=preset)
+    _live_requests()
+
+
+def _live_requests() -> None:
+    """The demo's last step: the serving graph (packaged kit) on a free loopback port, one real
+    request per strategy, then everything it started is stopped."""
+    from t2ray.serve.local import demo_requests, serve_locally
+
+    console.print("[bold]serving[/bold]: the two-stage graph on loopback, one request per "
+                  "strategy (`serve run serve_config.yaml` runs it as a service)")
+    with serve_locally() as url:
+        rows = demo_requests(url)
+    table = Table("adaptation", "question", "answer", "served by", "s",
+                  title=f"live requests to {url}/v1/chat/completions")
+    for r in rows:
+        table.add_row(r["adaptation"], r["question"][:60], repr(r["answer"][:60]),
+                      str(r["served_by"]), f"{r['seconds']:.2f}" if r["seconds"] else "")
+    console.print(table)
+    if any(r["status"] != 200 for r in rows):
+        raise RuntimeError(f"a live request failed: {[r for r in rows if r['status'] != 200]}")
 
 
 @serve_app.command("kit")

@@ -86,7 +86,12 @@ def test_demo_small(tmp_path):
 @pytest.mark.timeout(1500)
 def test_demo_pipeline_smoke_preset_end_to_end_and_reuses_artifacts(tmp_path):
     """Every stage of `make demo` (train, route, few-shot on Ray Tune, tables) on a tiny preset."""
-    run("demo", "--preset", "smoke", "--out", str(tmp_path / "first"), cwd=tmp_path, timeout=900)
+    first = run("demo", "--preset", "smoke", "--out", str(tmp_path / "first"), cwd=tmp_path,
+                timeout=900)
+    # it ends with one live request per strategy to the serving graph (it raises on a failure)
+    assert "live requests to http://127.0.0.1:" in first.stdout
+    for adaptation in ("classifier", "fewshot:math-hard", "lora:code", "t2l:Sort"):
+        assert adaptation in first.stdout
     result = json.loads((tmp_path / "first" / "demo_results.json").read_text())
     seen, unseen = result["tables"]["seen"], result["tables"]["unseen"]
     assert {(r["task"], r["method"]) for r in seen} == {

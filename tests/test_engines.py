@@ -77,6 +77,27 @@ def test_adapted_restores_the_base_exactly_for_experts_and_loras(tmp_path):
     assert all(torch.equal(weights[k], v) for k, v in eng.model.state_dict().items())
 
 
+def test_kept_recomposed_experts_write_the_same_weights_without_recomposing(tmp_path,
+                                                                          monkeypatch):
+    import t2ray.engines.hf as hf
+
+    eng, cache = engine(tmp_path)
+    plain = HFEngine(eng.model, eng.tokenizer, svd_cache=cache)
+    kept = HFEngine(eng.model, eng.tokenizer, svd_cache=cache, keep_recomposed=2)
+    experts = [_expert(cache, s) for s in (1, 2, 3)]
+    base = {k: v.clone() for k, v in eng.model.state_dict().items()}
+    composed = []
+    real = hf.compose_weights
+    monkeypatch.setattr(hf, "compose_weights", lambda *a: composed.append(a[1]) or real(*a))
+    for e in (*experts, experts[2], experts[1], experts[0]):  # 3, 2 kept; 1 was dropped
+        with plain.adapted(e):
+            want = {k: v.clone() for k, v in eng.model.state_dict().items()}
+        with kept.adapted(e):
+            assert all(torch.equal(want[k], v) for k, v in eng.model.state_dict().items())
+        assert all(torch.equal(base[k], v) for k, v in eng.model.state_dict().items())
+    assert composed == [experts[0], experts[1], experts[2], experts[0]]
+
+
 def test_per_row_adapters_equal_one_adapter_runs(tmp_path):
     """The factorized SVF path and batched LoRA: each row runs with its own adapter, across
     the engine's internal batches (batch_size 3 over 4 rows)."""

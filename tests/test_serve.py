@@ -10,7 +10,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from serve_local import free_port, serving
+
+from t2ray.serve.local import free_port, serve_locally
 
 KEY = "test-key-123"
 QUESTIONS = ["What is 12 + 30?", "Write a function that returns x * 3.",
@@ -22,7 +23,7 @@ def server():
     """(base URL, Prometheus port) of the module's app."""
     metrics_port = free_port()
     # a longer batch window than the default so that concurrent requests reliably share one
-    with serving({"batch_wait_s": 0.2, "limits": {"max_tokens": 64, "max_body_bytes": 20_000}},
+    with serve_locally({"batch_wait_s": 0.2, "limits": {"max_tokens": 64, "max_body_bytes": 20_000}},
                  env={"T2RAY_API_KEY": KEY}, metrics_port=metrics_port) as base:
         yield base, metrics_port
 

@@ -8,8 +8,8 @@ ENGINES = ("hf", "vllm")
 
 
 def build_engine(kind: str, model: str, svd_cache: str | None = None, **options) -> Engine:
-    """`hf`: the model loaded in this process; `vllm`: a vLLM engine actor (Ray must be up;
-    `options` are `VLLMConfig` fields)."""
+    """`hf`: the model loaded in this process (`options`: `HFEngine` keywords); `vllm`: a vLLM
+    engine actor (Ray must be up; `options` are `VLLMConfig` fields)."""
     if kind not in ENGINES:
         raise ValueError(f"unknown engine {kind!r}; choose one of {ENGINES}")
     if kind == "vllm":
@@ -24,4 +24,5 @@ def build_engine(kind: str, model: str, svd_cache: str | None = None, **options)
     from t2ray.svf.cache import SVDCache
 
     base, tok = load_model(model)
-    return HFEngine(base, tok, svd_cache=SVDCache(svd_cache) if svd_cache else None, name=model)
+    return HFEngine(base, tok, svd_cache=SVDCache(svd_cache) if svd_cache else None, name=model,
+                    **options)

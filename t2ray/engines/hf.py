@@ -8,6 +8,7 @@ LoRAs run as a batched low-rank update beside the frozen weights.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import nullcontext
 from typing import Sequence
 
@@ -26,18 +27,29 @@ from t2ray.engines.local import count_tokens, make_completion, sequence_logprobs
 from t2ray.lora.weights import batched_lora
 from t2ray.models import weights_fingerprint
 from t2ray.models.prompt import as_prompt, format_prompt
-from t2ray.svf.apply import apply_expert, factorized, restore_weights, uninstall_factorized
+from t2ray.svf.apply import (
+    apply_expert,
+    compose_weights,
+    factorized,
+    restore_weights,
+    uninstall_factorized,
+)
 
 
 class HFEngine(Engine):
     def __init__(self, model, tokenizer, batch_size: int = 64, svd_cache=None,
-                 name: str | None = None):
+                 name: str | None = None, keep_recomposed: int = 0):
+        """`keep_recomposed`: how many experts' W' to keep (least recently used dropped), so
+        that entering a kept expert again writes W' without recomposing it."""
         super().__init__()
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.svd_cache = svd_cache
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self._saved: dict | None = None  # base weights under a recomposed expert
         self._fingerprint = svd_cache.fingerprint if svd_cache is not None else None
+        self.keep_recomposed = keep_recomposed
+        # id(expert) -> (expert, W'); the entry holds the expert, so its id is not reused
+        self._kept: OrderedDict[int, tuple] = OrderedDict()
 
     # --- adapters
     def _enter(self, kind: str, adapter) -> None:
@@ -45,7 +57,21 @@ class HFEngine(Engine):
             raise ValueError("this engine was built without an SVD cache; pass svd_cache= to "
                              "run SVF experts")
         if kind == EXPERT:
-            self._saved = apply_expert(self.model, self.svd_cache, adapter)
+            self._saved = apply_expert(self.model, self.svd_cache, adapter,
+                                       self._kept_weights(adapter))
+
+    def _kept_weights(self, expert) -> dict | None:
+        if not self.keep_recomposed:
+            return None
+        kept = self._kept.get(id(expert))
+        if kept is None or kept[0] is not expert:
+            dtype = next(self.model.parameters()).dtype
+            kept = self._kept[id(expert)] = (expert, compose_weights(self.svd_cache, expert,
+                                                                     dtype))
+            while len(self._kept) > self.keep_recomposed:
+                self._kept.popitem(last=False)
+        self._kept.move_to_end(id(expert))
+        return kept[1]
 
     def _exit(self, kind: str) -> None:
         if self._saved is not None:

@@ -54,8 +54,10 @@ class _EngineReplica:
     def __init__(self, args: dict, fingerprint: str, svd_cache: str, library: str):
         self.args = ServeArgs.from_args(args)
         torch.set_num_threads(self.args.torch_threads)
-        self.engine = build_engine(self.args.engine, self.args.model, svd_cache,
-                                   **self.args.engine_options)
+        options = dict(self.args.engine_options)
+        if self.args.engine == "hf":  # hot experts keep their W' (vLLM holds one weight set)
+            options.setdefault("keep_recomposed", self.args.hot_models_per_replica)
+        self.engine = build_engine(self.args.engine, self.args.model, svd_cache, **options)
         self.library = ServingLibrary.open(library, fingerprint)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
 

@@ -26,9 +26,20 @@ def _check(cache: SVDCache, expert: ExpertVector) -> None:
     check_ranks(expert.ranks(), cache.ranks(), what=f"expert {expert.task!r}")
 
 
-def apply_expert(model: torch.nn.Module, cache: SVDCache,
-                 expert: ExpertVector) -> dict[str, torch.Tensor]:
-    """Write W' into every target matrix; returns the base weights for `restore_weights`."""
+def compose_weights(cache: SVDCache, expert: ExpertVector,
+                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """W' of every target of `expert`, in `dtype`: what `apply_expert` writes, computed once to
+    be written many times (an engine keeping its hot experts)."""
+    _check(cache, expert)
+    with torch.no_grad():
+        return {name: compose_weight(*cache.factors(name), z.float(), expert.param).to(dtype)
+                for name, z in expert.z.items()}
+
+
+def apply_expert(model: torch.nn.Module, cache: SVDCache, expert: ExpertVector,
+                 weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Write W' into every target matrix (`weights` from `compose_weights` when given, else
+    composed matrix by matrix); returns the base weights for `restore_weights`."""
     _check(cache, expert)
     modules = dict(model.named_modules())
     saved: dict[str, torch.Tensor] = {}
@@ -37,7 +48,8 @@ def apply_expert(model: torch.nn.Module, cache: SVDCache,
             for name, z in expert.z.items():
                 module, meta = modules[name], cache.matrices[name]
                 saved[name] = module.weight.detach().clone()
-                w_new = compose_weight(*cache.factors(name), z.float(), expert.param)
+                w_new = (weights[name] if weights is not None else
+                         compose_weight(*cache.factors(name), z.float(), expert.param))
                 weight_of(module, meta.transposed).copy_(w_new.to(module.weight.dtype))
     except BaseException:
         restore_weights(model, saved)
