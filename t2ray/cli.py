@@ -71,21 +71,28 @@ def _split_names(names: str) -> list[str]:
 def tasks_list(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     group: Optional[str] = typer.Option(None, help="core, instruct or route."),
+    suite: Optional[str] = typer.Option(None, help="v1 or v2 (default: the bundled base's)."),
 ):
-    """All tasks with their family, split sizes and number of descriptions."""
+    """All tasks with their family, split sizes, distinct contents per split and descriptions."""
     from t2ray.tasks import list_tasks
 
     rows = [{"name": t.name, "family": t.family, "group": t.group, "kind": t.kind,
-             "seen": t.seen, "split_sizes": t.split_sizes, "n_descriptions": len(t.descriptions)}
-            for t in list_tasks(group)]
+             "seen": t.seen, "split_sizes": t.split_sizes,
+             "distinct": {s: len(set(t.content_keys(s))) for s in t.split_sizes},
+             "n_descriptions": len(t.descriptions) + len(t.probe_descriptions),
+             "n_probe_descriptions": len(t.probe_descriptions), "tag": t.tag,
+             "cell": list(t.cell) if t.cell else None}
+            for t in list_tasks(group, suite)]
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    table = Table("name", "family", "group", "kind", "seen", "train/val/test", "descriptions")
+    table = Table("name", "family", "group", "kind", "seen", "train/val/test", "distinct",
+                  "descriptions")
     for r in rows:
-        s = r["split_sizes"]
+        s, d = r["split_sizes"], r["distinct"]
         table.add_row(r["name"], r["family"], r["group"], r["kind"], str(r["seen"]),
-                      f"{s['train']}/{s['validation']}/{s['test']}", str(r["n_descriptions"]))
+                      f"{s['train']}/{s['validation']}/{s['test']}",
+                      f"{d['train']}/{d['validation']}/{d['test']}", str(r["n_descriptions"]))
     console.print(table)
 
 

@@ -32,6 +32,14 @@ def test_tasks_list_json():
     for r in rows:
         assert {"name", "family", "split_sizes", "n_descriptions"} <= set(r)
     assert sum(r["family"] == "instruct" for r in rows) >= 100
+    # v1 draws repeat contents: the code test split holds few distinct (operation, constant)
+    code = next(r for r in rows if r["name"] == "code")
+    assert code["distinct"]["test"] < code["split_sizes"]["test"]
+    v2 = json.loads(run("tasks", "list", "--json", "--suite", "v2").stdout)
+    grid = [r for r in v2 if r["family"] == "instruct"]
+    assert len(grid) == 60 and sum(not r["seen"] for r in grid) >= 12
+    assert all(r["n_descriptions"] >= 30 and r["cell"] and r["tag"] for r in grid)
+    assert all(r["distinct"] == r["split_sizes"] for r in v2 if r["group"] != "route")
 
 
 def test_tasks_sample_json():

@@ -98,6 +98,16 @@ def test_kept_recomposed_experts_write_the_same_weights_without_recomposing(tmp_
     assert composed == [experts[0], experts[1], experts[2], experts[0]]
 
 
+def test_prefill_starts_the_answer_and_the_completion_is_what_follows(tmp_path):
+    eng, _ = engine(tmp_path)
+    forced = eng.generate([Prompt("1+1?", prefill="ab")], max_new_tokens=8)[0]
+    ids = eng.tokenizer(format_prompt(eng.tokenizer, "1+1?") + "ab", return_tensors="pt",
+                        add_special_tokens=False)["input_ids"]
+    want = eng.model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                              eos_token_id=2)[0, ids.shape[1]:].tolist()
+    assert forced.token_ids == [t for t in want if t not in (0, 2)][: len(forced.token_ids)]
+
+
 def test_per_row_adapters_equal_one_adapter_runs(tmp_path):
     """The factorized SVF path and batched LoRA: each row runs with its own adapter, across
     the engine's internal batches (batch_size 3 over 4 rows)."""

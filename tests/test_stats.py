@@ -23,3 +23,23 @@ def test_mean_sd():
     assert m == 2.0 and sd == pytest.approx(1.0)
     assert mean_sd([5.0]) == (5.0, 0.0)
     assert mean_sd([0.0, 10.0])[1] == pytest.approx(math.sqrt(50))
+
+
+def test_cluster_bootstrap_widens_with_repeated_contents_and_matches_the_analytic_se():
+    import random
+
+    from t2ray.eval.stats import cluster_bootstrap
+
+    rng = random.Random(0)
+    base = [float(rng.random() < 0.6) for _ in range(400)]
+    keys = [str(i) for i in range(400)]
+    low, high = cluster_bootstrap(base, keys)
+    p = sum(base) / 400
+    se = math.sqrt(p * (1 - p) / 400)  # independent items: the binomial standard error
+    assert abs((high - low) / (2 * 1.96 * se) - 1) < 0.1 and low < p < high
+    # the same 400 contents, each scored 10 times (as a split that repeats its contents):
+    # an interval over 4000 "items" would be sqrt(10) times too narrow; clusters are not
+    rep_low, rep_high = cluster_bootstrap(base * 10, keys * 10)
+    assert abs((rep_high - rep_low) / (high - low) - 1) < 0.15
+    # paired: identical methods give a degenerate interval at 0
+    assert cluster_bootstrap(base, keys, paired=base) == (0.0, 0.0)

@@ -26,7 +26,7 @@ from t2ray.engines.base import (
 from t2ray.engines.local import count_tokens, make_completion, sequence_logprobs
 from t2ray.lora.weights import batched_lora
 from t2ray.models import weights_fingerprint
-from t2ray.models.prompt import as_prompt, format_prompt
+from t2ray.models.prompt import templated
 from t2ray.svf.apply import (
     apply_expert,
     compose_weights,
@@ -101,7 +101,7 @@ class HFEngine(Engine):
             torch.manual_seed(seed)
         tok, out = self.tokenizer, []
         device = next(self.model.parameters()).device
-        texts = [format_prompt(tok, p.user, p.system) for p in map(as_prompt, prompts)]
+        texts = [templated(tok, p) for p in prompts]
         sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
                     if temperature > 0 else {"do_sample": False})
         for start in range(0, len(texts), self.batch_size):

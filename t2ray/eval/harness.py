@@ -49,18 +49,20 @@ def max_new_tokens_for(task: Task, engine: Engine, margin: float = 1.5) -> int:
 
 
 def score_examples(engine: Engine, task: Task, examples: list,
-                   system: str | None = None) -> list[bool]:
-    """Greedy answers to `examples` (with `system` as the system turn), one verdict each."""
-    completions = engine.generate([Prompt(e.prompt, system) for e in examples],
+                   system: str | None = None, prefill: str = "") -> list[bool]:
+    """Greedy answers to `examples` (with `system` as the system turn, and the answers forced to
+    start with `prefill`), one verdict each on prefill + completion."""
+    completions = engine.generate([Prompt(e.prompt, system, prefill) for e in examples],
                                   max_new_tokens=max_new_tokens_for(task, engine))
-    return [s == CORRECT for s in rewards(task.kind, examples, [c.text for c in completions])]
+    return [s == CORRECT for s in rewards(task.kind, examples,
+                                          [prefill + c.text for c in completions])]
 
 
 def evaluate_task(engine: Engine, task: Task, split: str = "test", n: int | None = None,
-                  system: str | None = None) -> EvalRow:
+                  system: str | None = None, prefill: str = "") -> EvalRow:
     t0 = time.perf_counter()
     examples = task.examples(split, n)
-    verdicts = tuple(score_examples(engine, task, examples, system))
+    verdicts = tuple(score_examples(engine, task, examples, system, prefill))
     correct = sum(verdicts)
     low, high = wilson_interval(correct, len(examples))
     return EvalRow(task.name, split, len(examples), correct, correct / len(examples), low, high,

@@ -29,3 +29,30 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     if len(values) < 2:
         return m, 0.0
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def cluster_bootstrap(values: Sequence[float], clusters: Sequence[str],
+                      paired: Sequence[float] | None = None, n_boot: int = 4000,
+                      level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean of `values` (or of the mean difference values - paired,
+    item by item) that resamples whole clusters with replacement: items that share a content key
+    are not independent draws, and an interval over items would overstate the precision."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    if paired is not None:
+        if len(paired) != len(v):
+            raise ValueError("a paired interval needs both methods scored on the same items")
+        v = v - np.asarray(paired, dtype=np.float64)
+    if len(clusters) != len(v) or not len(v):
+        raise ValueError(f"{len(v)} values but {len(clusters)} cluster keys")
+    ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+    index = np.fromiter((ids[c] for c in clusters), dtype=np.int64, count=len(v))
+    sums = np.bincount(index, weights=v, minlength=len(ids))
+    counts = np.bincount(index, minlength=len(ids)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=n_boot)
+    means = (draws @ sums) / (draws @ counts)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)

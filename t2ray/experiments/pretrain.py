@@ -50,6 +50,7 @@ from t2ray.models.tokenizer import build_char_tokenizer
 from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, Task, get_task, list_tasks
 
 console = Console()
+WORKED_PREFILL = "A="  # v2 reasoning's worked form starts by stating option A's value
 
 
 @dataclass
@@ -76,6 +77,12 @@ class PretrainConfig:
     })
     # Probability that a code solution is correct (else the task's operator-confusing distractor).
     p_correct: dict[str, float] = field(default_factory=lambda: {"code": 0.5, "code-hard": 0.5})
+    # The task suite the corpus is drawn from; v2 shows every instruction family (held-out
+    # cells included) behind its opaque tag, never with a description.
+    suite: str = "v1"
+    # v2 only: how the seen instruction families are shown - "tag" (as the held-out ones) or
+    # "description" (a training description as the system turn).
+    seen_instruct_prompt: str = "tag"
     eval_every: int = 1100
     eval_n: int = 100  # validation items per core family at each evaluation
     model: dict = field(default_factory=dict)  # overrides of tiny_config()
@@ -101,7 +108,7 @@ def build_corpus(cfg: PretrainConfig, tok) -> dict[str, list[_Sample]]:
     corpus: dict[str, list[_Sample]] = {}
     eos = tok.eos_token
     for name in CORE_SEEN + CORE_UNSEEN:
-        task = get_task(name)
+        task = get_task(name, cfg.suite)
         dist_rng = random.Random(cfg.seed)
         samples = []
         for ex in task.examples("train"):
@@ -116,15 +123,29 @@ def build_corpus(cfg: PretrainConfig, tok) -> dict[str, list[_Sample]]:
                 None if alternative is None else _encode(tok, alternative + eos)))
         corpus[name] = samples
     instruct: list[_Sample] = []
-    for task in list_tasks("instruct"):
-        if not task.seen:
-            continue
+    for task in list_tasks("instruct", cfg.suite):
         rng = random.Random(f"{cfg.seed}|{task.name}")
         for ex in task.examples("train"):
-            prompt = format_prompt(tok, ex.prompt, system=rng.choice(task.descriptions))
+            system = _instruct_system(cfg, task, rng)
+            if system is None:
+                break  # v1: the held-out families are not in the corpus at all
+            prompt = format_prompt(tok, ex.prompt, system=system)
             instruct.append(_Sample(_encode(tok, prompt), _encode(tok, ex.solution + eos)))
     corpus["instruct"] = instruct
     return corpus
+
+
+def _instruct_system(cfg: PretrainConfig, task: Task, rng: random.Random) -> str | None:
+    """The system turn an instruction family's corpus example gets (None: left out). Held-out
+    descriptions are never used; v2 shows every family, held-out cells behind their tag."""
+    if cfg.suite == "v1":
+        return rng.choice(task.descriptions) if task.seen else None
+    if task.seen and cfg.seen_instruct_prompt == "description":
+        return rng.choice(task.descriptions)
+    if cfg.seen_instruct_prompt not in ("tag", "description"):
+        raise ValueError(f"seen_instruct_prompt must be tag or description, not "
+                         f"{cfg.seen_instruct_prompt!r}")
+    return task.tag
 
 
 def make_batch(cfg: PretrainConfig, corpus: dict[str, list[_Sample]], rng: random.Random,
@@ -150,19 +171,29 @@ def make_batch(cfg: PretrainConfig, corpus: dict[str, list[_Sample]], rng: rando
     return ids, w
 
 
-def quick_eval(model, tok, tasks: list[Task], n: int) -> dict[str, float | str]:
-    """Greedy accuracy on the first `n` *validation* items of each task (progress signal only).
+def quick_eval(model, tok, tasks: list[Task], n: int, tagged: list[Task] = (),
+               forced: list[Task] = ()) -> dict[str, float | str]:
+    """Greedy accuracy on the first `n` *validation* items of each task; the `forced` tasks
+    again with their answers forced into the worked form; the mean over the `tagged` tasks given
+    their tag (the held-out cells' latent skill). A progress signal only.
 
     A failing evaluation is reported, never allowed to end an hour of training.
     """
     model.eval()
     engine = HFEngine(model, tok)
     acc: dict[str, float | str] = {}
-    for t in tasks:
-        try:
+    try:
+        for t in tasks:
             acc[t.name] = round(evaluate_task(engine, t, "validation", n).accuracy, 3)
-        except Exception as e:  # noqa: BLE001
-            acc[t.name] = f"eval failed: {e!r}"[:200]
+        for t in forced:  # the worked-form check: answers forced to start the worked form
+            acc[f"{t.name}-worked"] = round(evaluate_task(engine, t, "validation", n,
+                                                          prefill=WORKED_PREFILL).accuracy, 3)
+        if tagged:
+            acc["held-out-with-tag"] = round(sum(
+                evaluate_task(engine, t, "validation", max(10, n // 5), system=t.tag).accuracy
+                for t in tagged) / len(tagged), 3)
+    except Exception as e:  # noqa: BLE001
+        acc["error"] = f"eval failed: {e!r}"[:200]
     model.train()
     return acc
 
@@ -186,7 +217,9 @@ def pretrain(cfg: PretrainConfig, install: bool = False) -> Path:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.95))
-    eval_tasks = [get_task(n) for n in CORE_SEEN + CORE_UNSEEN]
+    eval_tasks = [get_task(n, cfg.suite) for n in CORE_SEEN + CORE_UNSEEN]
+    tagged = [t for t in list_tasks("instruct", cfg.suite) if t.tag and not t.seen]
+    forced = [get_task("reasoning", "v2")] if cfg.suite == "v2" else []
     model.train()
     t0 = time.perf_counter()
 
@@ -200,7 +233,8 @@ def pretrain(cfg: PretrainConfig, install: bool = False) -> Path:
 
     parts = Trainable(model, opt, scheduler(opt, cfg.steps, "cosine", cfg.warmup_steps,
                                             cfg.min_lr_ratio), step,
-                      lambda: {"val_accuracy": quick_eval(model, tok, eval_tasks, cfg.eval_n)})
+                      lambda: {"val_accuracy": quick_eval(model, tok, eval_tasks, cfg.eval_n,
+                                                          tagged, forced)})
     history = train_steps(parts, cfg.steps, cfg.grad_clip, cfg.eval_every, cfg.eval_every,
                           desc="pretrain")
     console.print({k: v for k, v in history[-1].items() if k in ("step", "loss",

@@ -69,27 +69,42 @@ class Task:
     # A closed answer set (the routing task's categories): RL samples among these labels by
     # their log-probabilities instead of generating freely, and accuracy is the top label's.
     labels: tuple[str, ...] | None = None
+    # Paraphrase probes: descriptions held back from every training use (seen families only).
+    probe_descriptions: list[str] = field(default_factory=list)
+    # An opaque per-family tag (e.g. "T17") that pretraining pairs with the family's examples.
+    tag: str | None = None
+    cell: tuple[str, str] | None = None  # (operation, argument) of a grid family
+    # v2: each content key at most once per split (v1 de-duplicated by prompt text only)
+    distinct_keys: bool = False
 
     def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:
         """The first `n` examples of a split (default: the split's full size), deterministic."""
+        return [ex for _, ex in self._draw(split, n, seed)]
+
+    def content_keys(self, split: str, n: int | None = None, seed: int = 0) -> list[str]:
+        """The content key of each example of `examples(split, n, seed)`."""
+        return [key for key, _ in self._draw(split, n, seed)]
+
+    def _draw(self, split: str, n: int | None, seed: int) -> list[tuple[str, Example]]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         n = self.split_sizes[split] if n is None else n
         rng = random.Random(stable_seed(self.name, split, seed))
-        out: list[Example] = []
-        uids: set[str] = set()
+        out: list[tuple[str, Example]] = []
+        seen: set[str] = set()
         misses = 0
         while len(out) < n:
             key, ex = self.generate(rng)
-            if content_split(f"{self.name}|{key}") != split or ex.uid in uids:
+            ident = key if self.distinct_keys else ex.uid
+            if content_split(f"{self.name}|{key}") != split or ident in seen:
                 misses += 1
                 if misses > 200 * n + 10_000:
                     raise RuntimeError(
-                        f"task {self.name!r}: content space too small for {n} {split} examples"
-                    )
+                        f"task {self.name!r}: content space too small for {n} {split} examples "
+                        f"(found {len(out)})")
                 continue
-            uids.add(ex.uid)
-            out.append(ex)
+            seen.add(ident)
+            out.append((key, ex))
         return out
 
     def reward(self, example: Example, completion: str, **kwargs: Any) -> float:

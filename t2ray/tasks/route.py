@@ -23,26 +23,29 @@ def route_prompt(question: str) -> str:
     return ROUTE_PROMPT.format(question=question)
 
 
-@lru_cache(maxsize=1)
-def _sources() -> dict[str, list[Example]]:
+@lru_cache(maxsize=None)
+def _sources(suite: str) -> dict[str, list[Example]]:
     from t2ray.tasks import CORE_SEEN, get_task, list_tasks
 
-    sources = {name: get_task(name).examples("train") for name in CORE_SEEN}
-    sources["other"] = [ex for t in list_tasks("instruct") if t.seen
+    sources = {name: get_task(name, suite).examples("train") for name in CORE_SEEN}
+    sources["other"] = [ex for t in list_tasks("instruct", suite) if t.seen
                         for ex in t.examples("train", 40)]
     return sources
 
 
-def _gen_route(rng: random.Random) -> tuple[str, Example]:
-    label = rng.choice(CATEGORIES)
-    source = rng.choice(_sources()[label])
-    prompt = route_prompt(source.prompt)
-    ex = Example("route", make_uid("route", prompt), prompt, label, label,
-                 {"source_task": source.task, "source_uid": source.uid})
-    return source.uid, ex
+def _route_generator(suite: str):
+    def generate(rng: random.Random) -> tuple[str, Example]:
+        label = rng.choice(CATEGORIES)
+        source = rng.choice(_sources(suite)[label])
+        prompt = route_prompt(source.prompt)
+        ex = Example("route", make_uid("route", prompt), prompt, label, label,
+                     {"source_task": source.task, "source_uid": source.uid})
+        return source.uid, ex
+
+    return generate
 
 
-def route_task() -> Task:
+def route_task(suite: str = "v1") -> Task:
     return Task(name="route", family="route", kind="exact",
                 descriptions=[
                     "Say whether a question is math, code, reasoning or other.",
@@ -51,6 +54,6 @@ def route_task() -> Task:
                     "Name the kind of problem a question poses.",
                     "Pick the category of a question: math, code, reasoning, other.",
                 ],
-                generate=_gen_route,
+                generate=_route_generator(suite),
                 split_sizes={"train": 2000, "validation": 200, "test": 400},
                 seen=True, group="route", labels=CATEGORIES)
