@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -154,22 +155,30 @@ def base_eval(
     results: Optional[Path] = typer.Option(
         None, help="Merge the rows into a results.json (table `base`, method `base`)."),
     engine: str = typer.Option("hf", help="hf (in this process) or vllm (an engine actor)."),
+    suite: Optional[str] = typer.Option(None, help="v1 or v2 (default: the bundled base's)."),
+    instruct: bool = typer.Option(False, help="Also every instruction family of the suite (v2: "
+                                  "bare, with a description and with its tag)."),
+    table: str = typer.Option("base", help="The results.json table of the rows."),
 ):
     """Greedy accuracy of a base model per task, with 95% confidence intervals."""
 
     from t2ray.eval.results import ResultRow, invocation, merge_results, print_accuracy_table
     from t2ray.experiments.base import evaluate_base
+    from t2ray.tasks import list_tasks
 
     if engine == "vllm":
         from t2ray.distributed.ray_env import ensure_ray
 
         ensure_ray()
-    rows = evaluate_base(model, _split_names(tasks), split, n, progress=not as_json,
-                         engine=engine)
+    names = _split_names(tasks) + ([t.name for t in list_tasks("instruct", suite)]
+                                   if instruct else [])
+    pairs = evaluate_base(model, names, split, n, progress=not as_json, engine=engine,
+                          suite=suite)
+    rows = [r if m == "base" else replace(r, task=f"{r.task} ({m})") for m, r in pairs]
     if results:
         command = invocation()
-        merge_results(results, [ResultRow.from_eval(r, "base", "base", command) for r in rows])
-    payload = [r.as_dict() for r in rows]
+        merge_results(results, [ResultRow.from_eval(r, table, m, command) for m, r in pairs])
+    payload = [{**r.as_dict(), "method": m} for m, r in pairs]
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(payload, indent=1))

@@ -81,6 +81,15 @@ def test_base_eval_json_small():
     assert all(r["n"] == 16 and 0 <= r["accuracy"] <= 1 for r in rows)
 
 
+def test_base_eval_v2_instruction_family_bare_description_and_tag():
+    rows = json.loads(run("base", "eval", "--tasks", "math,reverse-word", "--suite", "v2",
+                          "--n", "4", "--json").stdout)
+    assert [(r["task"], r["method"]) for r in rows] == [
+        ("math", "base"), ("reverse-word", "base"), ("reverse-word", "base+desc"),
+        ("reverse-word", "base+tag")]
+    assert all(r["interval"] == "wilson" and r["distinct"] == 4 for r in rows)
+
+
 def test_demo_small(tmp_path):
     proc = run("demo", "--base-only", "--n", "4", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "base_eval.json").read_text())

@@ -43,3 +43,16 @@ def test_cluster_bootstrap_widens_with_repeated_contents_and_matches_the_analyti
     assert abs((rep_high - rep_low) / (high - low) - 1) < 0.15
     # paired: identical methods give a degenerate interval at 0
     assert cluster_bootstrap(base, keys, paired=base) == (0.0, 0.0)
+
+
+def test_accuracy_interval_names_its_method():
+    from t2ray.eval.harness import accuracy_interval, wilson_interval
+    from t2ray.tasks import get_task
+
+    verdicts = [True, False, True, True] * 25
+    low, high, method = accuracy_interval(verdicts, [str(i) for i in range(100)])
+    assert method == "wilson" and (low, high) == wilson_interval(75, 100)
+    keys = get_task("code").content_keys("test", 100)  # v1 code repeats its contents
+    assert len(set(keys)) < 100
+    low, high, method = accuracy_interval(verdicts, keys)
+    assert method == "cluster-bootstrap" and low < 0.75 < high

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from t2ray.engines.base import Engine
+from t2ray.eval.stats import cluster_bootstrap
 from t2ray.models.prompt import Prompt
 from t2ray.tasks import Task
 from t2ray.tasks.rewards import CORRECT, rewards
@@ -24,6 +25,8 @@ class EvalRow:
     seconds: float
     # Per-item verdicts in split order, for paired tests (McNemar) between methods.
     item_correct: tuple[bool, ...] = field(default=(), repr=False)
+    distinct: int | None = None  # distinct content keys among the n items
+    interval: str = "wilson"  # "wilson" (distinct contents) or "cluster-bootstrap"
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -61,9 +64,17 @@ def score_examples(engine: Engine, task: Task, examples: list,
 def evaluate_task(engine: Engine, task: Task, split: str = "test", n: int | None = None,
                   system: str | None = None, prefill: str = "") -> EvalRow:
     t0 = time.perf_counter()
-    examples = task.examples(split, n)
-    verdicts = tuple(score_examples(engine, task, examples, system, prefill))
+    keys, examples = zip(*task.keyed_examples(split, n))
+    verdicts = tuple(score_examples(engine, task, list(examples), system, prefill))
     correct = sum(verdicts)
-    low, high = wilson_interval(correct, len(examples))
+    low, high, method = accuracy_interval(verdicts, keys)
     return EvalRow(task.name, split, len(examples), correct, correct / len(examples), low, high,
-                   time.perf_counter() - t0, verdicts)
+                   time.perf_counter() - t0, verdicts, len(set(keys)), method)
+
+
+def accuracy_interval(verdicts, keys) -> tuple[float, float, str]:
+    """95% interval of an accuracy: Wilson when every item has its own content, else a bootstrap
+    over contents (items that repeat a content are not independent draws)."""
+    if len(set(keys)) == len(keys):
+        return (*wilson_interval(sum(verdicts), len(verdicts)), "wilson")
+    return (*cluster_bootstrap([float(v) for v in verdicts], list(keys)), "cluster-bootstrap")

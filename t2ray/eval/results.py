@@ -61,10 +61,11 @@ class ResultRow:
     @classmethod
     def from_eval(cls, row: EvalRow, table: str, method: str, command: str,
                   params: int | None = None) -> "ResultRow":
-        """One greedy run: sd 0, one seed, the Wilson interval kept."""
+        """One greedy run: sd 0, one seed, its 95% interval and how it was made."""
         return cls(table, row.task, method, round(100 * row.accuracy, 2), 0.0, 1, params,
                    command, n=row.n,
-                   extra={"ci95": [round(100 * row.ci_low, 2), round(100 * row.ci_high, 2)]})
+                   extra={"ci95": [round(100 * row.ci_low, 2), round(100 * row.ci_high, 2)],
+                          "interval": row.interval, "distinct": row.distinct})
 
     def get(self, key: str, default=None):
         return self.extra.get(key, default)

@@ -20,13 +20,24 @@ from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, get_task, list_tasks
 console = Console()
 
 
+# How an instruction family is asked: bare input, a description as the system turn (a probe
+# description for seen families, so never one the model trained on), or the family's tag.
+PROMPTINGS = {"base": lambda t: None,
+              "base+desc": lambda t: (t.probe_descriptions or t.descriptions)[0],
+              "base+tag": lambda t: t.tag}
+
+
 def evaluate_base(model_name: str, task_names: list[str], split: str = "test",
-                  n: int | None = None, progress: bool = True,
-                  engine: str = "hf") -> list[EvalRow]:
-    tasks = [get_task(t) for t in task_names]  # fail on a bad name before loading anything
+                  n: int | None = None, progress: bool = True, engine: str = "hf",
+                  suite: str | None = None) -> list[tuple[str, EvalRow]]:
+    """(method, row) per task: `base` for every task and, for the instruction families of a
+    suite with tags, also `base+desc` and `base+tag` (the latent skill behind the tag)."""
+    tasks = [get_task(t, suite) for t in task_names]  # fail on a bad name before loading
+    jobs = [(m, t) for t in tasks
+            for m in (PROMPTINGS if t.group == "instruct" and t.tag else ["base"])]
     with closing(build_engine(engine, model_name)) as eng:
-        return [evaluate_task(eng, t, split, n)
-                for t in tqdm(tasks, desc="tasks", disable=not progress)]
+        return [(m, evaluate_task(eng, t, split, n, system=PROMPTINGS[m](t)))
+                for m, t in tqdm(jobs, desc="tasks", disable=not progress)]
 
 
 def evaluate_heldout_instruct(engine, split: str = "test", n: int | None = None) -> EvalRow:

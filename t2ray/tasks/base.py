@@ -79,13 +79,15 @@ class Task:
 
     def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:
         """The first `n` examples of a split (default: the split's full size), deterministic."""
-        return [ex for _, ex in self._draw(split, n, seed)]
+        return [ex for _, ex in self.keyed_examples(split, n, seed)]
 
     def content_keys(self, split: str, n: int | None = None, seed: int = 0) -> list[str]:
         """The content key of each example of `examples(split, n, seed)`."""
-        return [key for key, _ in self._draw(split, n, seed)]
+        return [key for key, _ in self.keyed_examples(split, n, seed)]
 
-    def _draw(self, split: str, n: int | None, seed: int) -> list[tuple[str, Example]]:
+    def keyed_examples(self, split: str, n: int | None = None,
+                       seed: int = 0) -> list[tuple[str, Example]]:
+        """(content key, example) pairs of `examples(split, n, seed)`."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         n = self.split_sizes[split] if n is None else n
