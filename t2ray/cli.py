@@ -162,7 +162,13 @@ def base_eval(
 ):
     """Greedy accuracy of a base model per task, with 95% confidence intervals."""
 
-    from t2ray.eval.results import ResultRow, invocation, merge_results, print_accuracy_table
+    from t2ray.eval.results import (
+        ResultRow,
+        invocation,
+        merge_results,
+        print_accuracy_table,
+        write_verdicts,
+    )
     from t2ray.experiments.base import evaluate_base
     from t2ray.tasks import list_tasks
 
@@ -175,9 +181,10 @@ def base_eval(
     pairs = evaluate_base(model, names, split, n, progress=not as_json, engine=engine,
                           suite=suite)
     rows = [r if m == "base" else replace(r, task=f"{r.task} ({m})") for m, r in pairs]
-    if results:
+    if results:  # the rows, and beside them the per-item verdicts behind them
         command = invocation()
         merge_results(results, [ResultRow.from_eval(r, table, m, command) for m, r in pairs])
+        write_verdicts(results.parent / "scores" / f"{table}.jsonl.gz", table, pairs, command)
     payload = [{**r.as_dict(), "method": m} for m, r in pairs]
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,3 +62,51 @@ def test_the_shipped_results_json_round_trips_through_result_rows():
     path = Path(__file__).resolve().parents[1] / "docs" / "results.json"
     rows = json.loads(path.read_text())
     assert [ResultRow.from_dict(r).as_dict() for r in rows] == rows
+
+
+def test_kept_results_are_reused_only_under_the_same_key(tmp_path):
+    from t2ray.eval.results import kept_json
+
+    calls = []
+    compute = lambda: calls.append(1) or {"acc": len(calls)}  # noqa: E731
+    key = {"base": "b1", "adapter": "a1", "items": "i1"}
+    assert kept_json(tmp_path / "s.json", key, compute) == {"acc": 1}
+    assert kept_json(tmp_path / "s.json", key, compute) == {"acc": 1} and len(calls) == 1
+    assert kept_json(tmp_path / "s.json", {**key, "base": "b2"}, compute) == {"acc": 2}
+    (tmp_path / "old.json").write_text('{"acc": 9}')  # a score kept before keys existed
+    assert kept_json(tmp_path / "old.json", key, compute) == {"acc": 3}
+
+
+def test_adapter_fingerprint_sees_every_change():
+    import torch
+
+    from t2ray.engines.base import adapter_fingerprint
+    from t2ray.lora.weights import LoraWeights
+    from t2ray.svf.expert import ExpertVector, SVFParam
+
+    e = ExpertVector({"m": torch.zeros(4)}, SVFParam("reference"), "fp")
+    changed = ExpertVector({"m": torch.tensor([0.0, 0, 0, 1e-6])}, SVFParam("reference"), "fp")
+    other_param = ExpertVector({"m": torch.zeros(4)}, SVFParam("linear"), "fp")
+    lora = LoraWeights({"m": torch.ones(2, 3)}, {"m": torch.zeros(3, 2)}, 2, 4.0, False)
+    scaled = LoraWeights({"m": torch.ones(2, 3)}, {"m": torch.zeros(3, 2)}, 2, 8.0, False)
+    prints = [adapter_fingerprint(a) for a in (None, e, changed, other_param, lora, scaled,
+                                                [e, None])]
+    assert len(set(prints)) == len(prints) and prints[0] == "none"
+    assert adapter_fingerprint(e) == adapter_fingerprint(
+        ExpertVector({"m": torch.zeros(4)}, SVFParam("reference"), "fp"))
+
+
+def test_verdicts_are_kept_compactly_and_rederive_the_rows(tmp_path):
+    from t2ray.eval.harness import EvalRow
+    from t2ray.eval.results import read_verdicts, write_verdicts
+
+    def row(task, bits):
+        v = tuple(b == "1" for b in bits)
+        return EvalRow(task, "test", len(v), sum(v), sum(v) / len(v), 0, 1, 0.0, v)
+
+    path = tmp_path / "scores" / "base.jsonl.gz"
+    write_verdicts(path, "base", [("base", row("math", "0110")), ("base", row("code", "1"))], "c")
+    write_verdicts(path, "base", [("base", row("math", "1111"))], "c2")  # replaces math
+    kept = {(d["task"], d["method"]): d for d in read_verdicts(path)}
+    assert kept[("math", "base")]["verdicts"] == "1111" and kept[("math", "base")]["command"] == "c2"
+    assert kept[("code", "base")]["n"] == 1 and len(kept) == 2

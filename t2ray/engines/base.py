@@ -26,6 +26,7 @@ from typing import Iterator, Sequence, Union
 import torch
 
 from t2ray.lora.weights import LoraWeights
+from t2ray.models import tensors_fingerprint
 from t2ray.models.prompt import Prompt
 from t2ray.svf.expert import ExpertVector
 
@@ -64,6 +65,21 @@ def adapter_kind(adapter: Adapter) -> str:
         return ROW_EXPERTS if kinds == {EXPERT} else ROW_LORAS
     raise TypeError(f"unknown adapter {type(adapter).__name__}: expected None, an ExpertVector, "
                     "a LoraWeights or a per-row list of them")
+
+
+def adapter_fingerprint(adapter: Adapter) -> str:
+    """Content hash of an adapter (its tensors and how they apply): what a kept score was made
+    with, so that a changed adapter is never matched with a stale score."""
+    kind = adapter_kind(adapter)
+    if kind == NONE and not isinstance(adapter, (list, tuple)):
+        return "none"
+    if kind == EXPERT:
+        return tensors_fingerprint(adapter.z, f"{adapter.param}|{adapter.base_fingerprint}")
+    if kind == LORA:
+        return tensors_fingerprint({**{f"A.{k}": v for k, v in adapter.a.items()},
+                                    **{f"B.{k}": v for k, v in adapter.b.items()}},
+                                   f"lora|{adapter.scale}")
+    return "rows:" + ",".join(adapter_fingerprint(a) for a in adapter)
 
 
 class Engine(ABC):

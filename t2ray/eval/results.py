@@ -9,7 +9,7 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -151,3 +151,42 @@ def mean_sd_cell(r: ResultRow) -> str:
 # the first columns of every per-row table; tables add their own after them
 ROW_COLUMNS = {"task": lambda r: r.task, "method": lambda r: r.method,
                "accuracy (mean +- sd)": mean_sd_cell, "seeds": lambda r: r.n_seeds}
+
+
+def kept_json(path: Path, key: dict, compute: Callable[[], object]):
+    """A result kept at `path` and reused only under the same `key` (base and adapter
+    fingerprints, the scored items, the settings): a changed model never reuses a stale score,
+    and a long sweep still resumes where it stopped."""
+    if path.exists():
+        kept = json.loads(path.read_text())
+        if isinstance(kept, dict) and kept.get("key") == key:
+            return kept["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "value": value}))
+    return value
+
+
+def write_verdicts(path: Path, table: str, rows: Sequence[tuple[str, EvalRow]],
+                   command: str) -> None:
+    """Keep the per-item verdicts behind a table's rows (gzipped JSON lines, one row each, the
+    verdicts as a 0/1 string in split order), replacing that table's earlier rows for the same
+    (task, method): a table can then be re-derived and re-tested without running a model."""
+    import gzip
+
+    kept = read_verdicts(path) if path.exists() else []
+    new = [{"table": table, "task": r.task, "method": m, "split": r.split, "n": r.n,
+            "verdicts": "".join("1" if v else "0" for v in r.item_correct), "command": command}
+           for m, r in rows]
+    replaced = {(d["task"], d["method"]) for d in new}
+    kept = [d for d in kept if (d["task"], d["method"]) not in replaced] + new
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(d, sort_keys=True) + "\n" for d in kept)
+
+
+def read_verdicts(path: Path) -> list[dict]:
+    import gzip
+
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -14,12 +14,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from t2ray.engines.base import adapter_fingerprint
 from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import EvalRow, evaluate_task
 from t2ray.eval.results import (
     ROW_COLUMNS,
     ResultRow,
     invocation,
+    kept_json,
     merge_results,
     pivot_table,
     row_table,
@@ -100,16 +102,16 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
 
 def _cached_eval(path: Path, engine, adapter, task, n_test: int | None) -> EvalRow:
     """A finished run's test evaluation is kept next to it, so a long sweep resumes where it
-    stopped instead of starting over."""
-    if path.exists():
-        d = json.loads(path.read_text())
-        console.print(f"[dim]reusing {path}[/dim]")
-        return EvalRow(**{**d, "item_correct": tuple(d["item_correct"])})
-    with engine.adapted(adapter):
-        row = evaluate_task(engine, task, "test", n_test)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**row.as_dict(), "item_correct": list(row.item_correct)}))
-    return row
+    stopped instead of starting over; it is reused only for the same base, adapter and items."""
+    def evaluate() -> dict:
+        with engine.adapted(adapter):
+            row = evaluate_task(engine, task, "test", n_test)
+        return {**row.as_dict(), "item_correct": list(row.item_correct)}
+
+    key = {"base": engine.describe()["base_fingerprint"], "adapter": adapter_fingerprint(adapter),
+           "items": task.items_fingerprint("test", n_test)}
+    d = kept_json(path, key, evaluate)
+    return EvalRow(**{**d, "item_correct": tuple(d["item_correct"])})
 
 
 def _p_cell(r: ResultRow) -> str:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import score_examples
-from t2ray.eval.results import ResultRow, invocation, merge_results, pivot_table
+from t2ray.eval.results import ResultRow, invocation, kept_json, merge_results, pivot_table
 from t2ray.eval.stats import mean_sd
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
@@ -203,10 +203,15 @@ class T2LTable:
                                                       self.svd_cache), none
 
     def verdicts(self, method: str, seed: int) -> dict[str, list[bool]]:
-        """{family: per-test-item verdicts}, kept in `<out>/scores/<method>/seed<k>.json`."""
-        path = self.out / "scores" / method / f"seed{seed}.json"
-        if path.exists():
-            return json.loads(path.read_text())
+        """{family: per-test-item verdicts}, kept in `<out>/scores/<method>/seed<k>.json` and
+        reused only for the same base model and test items."""
+        key = {"base": self.svd_cache.fingerprint,
+               "items": {t: get_task(t).items_fingerprint("test", self.cfg.n_test)
+                         for t in self.cfg.tasks}}
+        return kept_json(self.out / "scores" / method / f"seed{seed}.json", key,
+                         lambda: self._verdicts(method, seed))
+
+    def _verdicts(self, method: str, seed: int) -> dict[str, list[bool]]:
         found = {}
         for task_name in self.cfg.tasks:
             task = get_task(task_name)
@@ -221,8 +226,6 @@ class T2LTable:
                 for i, v in zip(rows, got):
                     ok[i] = v
             found[task_name] = ok
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(found))
         return found
 
     def params(self, method: str) -> int:

@@ -11,6 +11,7 @@ library per seed under `seed<k>/`; `assemble_libraries` builds those from a seen
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -105,6 +106,15 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
     return score
 
 
+def library_fingerprint(lib: ExpertLibrary) -> str:
+    """Content hash of every expert and LoRA under a library root."""
+    files = sorted(p for p in lib.root.rglob("*.safetensors") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(lib.root)).encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def check_strategies(strategies: list[str]) -> None:
     bad = set(strategies) - set(STRATEGIES)
     if bad:
@@ -134,8 +144,11 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                     t0 = time.perf_counter()
                     # each score is kept as it is made, so a long sweep resumes where it stopped
                     kept = out / "scores" / f"seed{seed}" / f"{task_name}-{strategy}.json"
+                    # a kept score is reused only for the same base, library and items
                     settings = {"n_test": n_test, "fewshot": asdict(fs) if strategy == "fewshot"
-                                else None}
+                                else None, "base": cache.fingerprint,
+                                "library": library_fingerprint(lib),
+                                "items": get_task(task_name).items_fingerprint("test", n_test)}
                     earlier = next((x for x in scores if (x.task, x.strategy) == (task_name, "none")),
                                    None)
                     record = json.loads(kept.read_text()) if kept.exists() else None

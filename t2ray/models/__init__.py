@@ -72,8 +72,13 @@ def load_model(
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """Content hash of a model's weights (names, shapes, dtypes and bytes), order independent."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    return tensors_fingerprint(model.state_dict())
+
+
+def tensors_fingerprint(tensors, extra: str = "") -> str:
+    """Content hash of named tensors (names, shapes, dtypes and bytes), order independent."""
+    h = hashlib.sha256(extra.encode())
+    for name, tensor in sorted(tensors.items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -109,6 +109,11 @@ class Task:
             out.append((key, ex))
         return out
 
+    def items_fingerprint(self, split: str, n: int | None = None) -> str:
+        """Content hash of the items `examples(split, n)` returns (a resume key's part)."""
+        uids = "|".join(e.uid for e in self.examples(split, n))
+        return hashlib.sha256(uids.encode()).hexdigest()[:16]
+
     def reward(self, example: Example, completion: str, **kwargs: Any) -> float:
         from t2ray.tasks.rewards import reward
 
