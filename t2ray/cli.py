@@ -462,12 +462,13 @@ def _live_requests() -> None:
                   "strategy (`serve run serve_config.yaml` runs it as a service)")
     with serve_locally() as url:
         rows = demo_requests(url)
-    table = Table("adaptation", "question", "answer", "served by", "s",
-                  title=f"live requests to {url}/v1/chat/completions")
+    # plain lines, never wrapped: each request as a person would read it in a log
+    console.print(f"live requests to {url}/v1/chat/completions:", soft_wrap=True)
     for r in rows:
-        table.add_row(r["adaptation"], r["question"][:60], repr(r["answer"][:60]),
-                      str(r["served_by"]), f"{r['seconds']:.2f}" if r["seconds"] else "")
-    console.print(table)
+        seconds = f"{r['seconds']:.2f} s" if r["seconds"] else ""
+        console.print(f"  adaptation {r['adaptation']}  |  question {r['question'][:50]!r}  |  "
+                      f"answer {r['answer'][:50]!r}  |  served by {r['served_by']}  {seconds}",
+                      soft_wrap=True, markup=False, highlight=False)
     if any(r["status"] != 200 for r in rows):
         raise RuntimeError(f"a live request failed: {[r for r in rows if r['status'] != 200]}")
 
