@@ -19,12 +19,11 @@ def _deployments(app) -> set[str]:
     return found
 
 
-def test_serve_config_is_valid_and_names_the_deployments_the_app_builds(monkeypatch):
+def test_serve_config_is_valid_and_names_the_deployments_the_app_builds():
     from ray.serve.schema import ServeDeploySchema
 
     from t2ray.serve.app import DEPLOYMENTS
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
     app = config.applications[0]
     assert app.import_path == "t2ray.serve.app:build_app"

@@ -21,18 +21,23 @@ def free_port() -> int:
 def serve_locally(args: dict | None = None, env: dict | None = None,
                   metrics_port: int | None = None):
     """Yield the base URL of `build_app(args)` served on 127.0.0.1. Starts a private Ray (own
-    temp dir, token auth off, `env` in every worker) unless one is initialised in this process;
-    on exit shuts down Serve, and Ray if it started it."""
+    temp dir, token auth off unless RAY_AUTH_MODE says otherwise, `env` in every worker and
+    restored on exit) unless one is initialised in this process; on exit shuts down Serve, and
+    Ray if it started it."""
     import ray
     from ray import serve
 
     from t2ray.serve.app import build_app
 
-    saved, started = dict(os.environ), not ray.is_initialized()
+    env = dict(env or {})
+    saved, started = {k: os.environ.get(k) for k in env}, not ray.is_initialized()
     try:
         if started:  # workers inherit the environment of the raylet this process starts
-            os.environ.update({"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
-                               **(env or {})})
+            # A private loopback cluster. Ray reads the auth mode once per process, so it is
+            # set for good: restoring it would leave a later ray.init here inconsistent.
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            os.environ.update(env)
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                      _temp_dir=tempfile.mkdtemp(prefix="t2ray-ray-", dir="/tmp"),
                      _metrics_export_port=metrics_port,
@@ -45,12 +50,17 @@ def serve_locally(args: dict | None = None, env: dict | None = None,
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if ray.is_initialized():
-            serve.shutdown()
-            if started:
-                ray.shutdown()
+            try:
+                serve.shutdown()
+            finally:  # a Serve shutdown that fails must not leave this process's Ray behind
+                if started:
+                    ray.shutdown()
 
 
 def demo_requests(url: str, key: str | None = None) -> list[dict]:
