@@ -160,6 +160,7 @@ def kept_json(path: Path, key: dict, compute: Callable[[], object]):
     if path.exists():
         kept = json.loads(path.read_text())
         if isinstance(kept, dict) and kept.get("key") == key:
+            Console().print(f"[dim]reusing {path}[/dim]")
             return kept["value"]
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,11 @@ class PretrainConfig:
     eval_n: int = 100  # validation items per core family at each evaluation
     model: dict = field(default_factory=dict)  # overrides of tiny_config()
 
+    def __post_init__(self):
+        if self.seen_instruct_prompt not in ("tag", "description"):
+            raise ValueError(f"seen_instruct_prompt must be tag or description, not "
+                             f"{self.seen_instruct_prompt!r}")
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PretrainConfig":
         return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
@@ -142,9 +147,6 @@ def _instruct_system(cfg: PretrainConfig, task: Task, rng: random.Random) -> str
         return rng.choice(task.descriptions) if task.seen else None
     if task.seen and cfg.seen_instruct_prompt == "description":
         return rng.choice(task.descriptions)
-    if cfg.seen_instruct_prompt not in ("tag", "description"):
-        raise ValueError(f"seen_instruct_prompt must be tag or description, not "
-                         f"{cfg.seen_instruct_prompt!r}")
     return task.tag
 
 

@@ -28,6 +28,7 @@ import random
 import shutil
 import string
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -205,11 +206,14 @@ class T2LTable:
     def verdicts(self, method: str, seed: int) -> dict[str, list[bool]]:
         """{family: per-test-item verdicts}, kept in `<out>/scores/<method>/seed<k>.json` and
         reused only for the same base model and test items."""
-        key = {"base": self.svd_cache.fingerprint,
-               "items": {t: get_task(t).items_fingerprint("test", self.cfg.n_test)
-                         for t in self.cfg.tasks}}
+        key = {"base": self.svd_cache.fingerprint, "items": self._items_keys}
         return kept_json(self.out / "scores" / method / f"seed{seed}.json", key,
                          lambda: self._verdicts(method, seed))
+
+    @cached_property
+    def _items_keys(self) -> dict[str, str]:
+        """Each scored family's test items, fingerprinted once (part of every resume key)."""
+        return {t: get_task(t).items_fingerprint("test", self.cfg.n_test) for t in self.cfg.tasks}
 
     def _verdicts(self, method: str, seed: int) -> dict[str, list[bool]]:
         found = {}

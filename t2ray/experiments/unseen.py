@@ -134,9 +134,11 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
     scores: list[StrategyScore] = []
     fewshot = fewshot or FewShotConfig()
     verify = {t: RewardCache(get_task(t).kind) for t in tasks}
+    items_keys = {t: get_task(t).items_fingerprint("test", n_test) for t in tasks}
     with closing(build_engine(engine, model, svd_cache)) as eng:
         for seed in seeds:
             lib = library_for_seed(experts, seed)
+            library_key = library_fingerprint(lib)
             fs = replace(fewshot, seed=seed)
             scorers = None  # engine actors, started on the first search and shared by all tasks
             for task_name in tasks:
@@ -147,8 +149,7 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                     # a kept score is reused only for the same base, library and items
                     settings = {"n_test": n_test, "fewshot": asdict(fs) if strategy == "fewshot"
                                 else None, "base": cache.fingerprint,
-                                "library": library_fingerprint(lib),
-                                "items": get_task(task_name).items_fingerprint("test", n_test)}
+                                "library": library_key, "items": items_keys[task_name]}
                     earlier = next((x for x in scores if (x.task, x.strategy) == (task_name, "none")),
                                    None)
                     record = json.loads(kept.read_text()) if kept.exists() else None

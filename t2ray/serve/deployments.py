@@ -48,21 +48,36 @@ class GenJob:
                 "top_p": self.top_p, "seed": self.seed, "stop": list(self.stop) or None}
 
 
-class _EngineReplica:
-    """An engine on one worker thread, and the library the replica adapts with."""
+def _remember(cache: OrderedDict, key: str, value, size: int) -> None:
+    """Keep `value` as the most recently used entry of an LRU cache of at most `size`."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size:
+        cache.popitem(last=False)
 
-    def __init__(self, args: dict, fingerprint: str, svd_cache: str, library: str):
+
+class _OneWorker:
+    """A replica's model work on one worker thread (torch threads as configured)."""
+
+    def __init__(self, args: dict):
         self.args = ServeArgs.from_args(args)
         torch.set_num_threads(self.args.torch_threads)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="model")
+
+    async def _on_worker(self, fn, *a):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *a)
+
+
+class _EngineReplica(_OneWorker):
+    """An engine on the worker thread, and the library the replica adapts with."""
+
+    def __init__(self, args: dict, fingerprint: str, svd_cache: str, library: str):
+        super().__init__(args)
         options = dict(self.args.engine_options)
         if self.args.engine == "hf":  # hot experts keep their W' (vLLM holds one weight set)
             options.setdefault("keep_recomposed", self.args.hot_models_per_replica)
         self.engine = build_engine(self.args.engine, self.args.model, svd_cache, **options)
         self.library = ServingLibrary.open(library, fingerprint)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
-
-    async def _on_engine(self, fn, *a):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *a)
 
     def __del__(self):
         self.engine.close()
@@ -83,13 +98,10 @@ class TaskRouter(_EngineReplica):
         self.route.set_max_batch_size(self.args.max_batch_size)
         self.route.set_batch_wait_timeout_s(self.args.batch_wait_s)
 
-    def strategies(self) -> list[str]:
-        return sorted(self.routers)
-
     @serve.batch
     async def route(self, items: list[tuple[str, str]]) -> list[dict]:
         """(strategy, question) -> {"category", "scores": {label: per-token log p}}."""
-        return await self._on_engine(self._route, items)
+        return await self._on_worker(self._route, items)
 
     def _route(self, items: list[tuple[str, str]]) -> list[dict]:
         out: list[dict] = [{}] * len(items)
@@ -131,14 +143,11 @@ class AdaptedLLM(_EngineReplica):
             method.set_max_batch_size(self.args.max_batch_size)
             method.set_batch_wait_timeout_s(self.args.batch_wait_s)
 
-    def describe(self) -> dict:
-        return self.engine.describe()
-
     @serve.batch
     async def generate_hot(self, jobs: list[GenJob]) -> list[dict]:
         model_id = serve.get_multiplexed_model_id()
         adapter = await self._hot(model_id) if model_id else None
-        return await self._on_engine(self._generate, jobs, [adapter] * len(jobs), True)
+        return await self._on_worker(self._generate, jobs, [adapter] * len(jobs), True)
 
     @serve.batch
     async def generate_rows(self, jobs: list[GenJob]) -> list[dict]:
@@ -150,7 +159,7 @@ class AdaptedLLM(_EngineReplica):
                 adapters.append(None)
                 errors[i] = {"error": str(e), "status": 400}
         ok = [i for i in range(len(jobs)) if i not in errors]
-        done = await self._on_engine(self._generate, [jobs[i] for i in ok],
+        done = await self._on_worker(self._generate, [jobs[i] for i in ok],
                                      [adapters[i] for i in ok], False)
         results = dict(zip(ok, done))
         return [errors.get(i) or results[i] for i in range(len(jobs))]
@@ -158,15 +167,11 @@ class AdaptedLLM(_EngineReplica):
     async def _row_adapter(self, a: Adaptation):
         if a.strategy != "adapter":
             return self.library.resolve(a)
-        if a.name not in self._generated:
-            adapter = await self.t2l.get.remote(a.name)
-            if adapter is None:
-                raise AdaptationError(f"adapter {a.name!r} is no longer held; generate it again")
-            self._generated[a.name] = adapter
-            while len(self._generated) > self.args.adapter_cache_size:
-                self._generated.popitem(last=False)
-        self._generated.move_to_end(a.name)
-        return self._generated[a.name]
+        adapter = self._generated.get(a.name) or await self.t2l.get.remote(a.name)
+        if adapter is None:
+            raise AdaptationError(f"adapter {a.name!r} is no longer held; generate it again")
+        _remember(self._generated, a.name, adapter, self.args.adapter_cache_size)
+        return adapter
 
     def _generate(self, jobs: list[GenJob], adapters: list, shared: bool) -> list[dict]:
         """Run `jobs` in as few engine calls as their sampling settings and adapters allow."""
@@ -203,7 +208,7 @@ class AdaptedLLM(_EngineReplica):
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
-class T2LGenerator:
+class T2LGenerator(_OneWorker):
     """Descriptions -> adapters with the library's T2L checkpoint, one encoder pass and one
     hypernetwork forward per batch. Adapters are cached by a hash of (checkpoint, description)
     and served by id; a variant-Z checkpoint makes SVF experts instead of LoRAs."""
@@ -213,8 +218,7 @@ class T2LGenerator:
         from t2ray.t2l.encoder import DescriptionEncoder
         from t2ray.t2l.generate import T2L_CHECKPOINT, T2LCheckpoint
 
-        self.args = ServeArgs.from_args(args)
-        torch.set_num_threads(self.args.torch_threads)
+        super().__init__(args)
         path = Path(library) / "t2l"
         self.checkpoint = T2LCheckpoint.load(path, expect_fingerprint=fingerprint)
         self.encoder = DescriptionEncoder(self.checkpoint.encoder)
@@ -224,7 +228,6 @@ class T2LGenerator:
         self._checkpoint_hash = digest.hexdigest()
         self.adapters: OrderedDict[str, object] = OrderedDict()
         self.metrics = AdapterCacheMetrics()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="t2l")
         self._generate.set_max_batch_size(self.args.max_batch_size)
         self._generate.set_batch_wait_timeout_s(self.args.batch_wait_s)
 
@@ -237,12 +240,9 @@ class T2LGenerator:
         aid = self.adapter_id(description)
         hit = aid in self.adapters
         self.metrics.lookups.inc(tags={"result": "hit" if hit else "miss"})
-        if not hit:
-            self.adapters[aid] = await self._generate(description)
-            while len(self.adapters) > self.args.adapter_cache_size:
-                self.adapters.popitem(last=False)
-        self.adapters.move_to_end(aid)
-        kind = "lora" if isinstance(self.adapters[aid], LoraWeights) else "svf"
+        adapter = self.adapters[aid] if hit else await self._generate(description)
+        _remember(self.adapters, aid, adapter, self.args.adapter_cache_size)
+        kind = "lora" if isinstance(adapter, LoraWeights) else "svf"
         return {"id": aid, "cached": hit, "kind": kind}
 
     async def get(self, adapter_id: str):
@@ -255,6 +255,5 @@ class T2LGenerator:
 
     @serve.batch
     async def _generate(self, descriptions: list[str]) -> list:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: self.checkpoint.generate(self.encoder, descriptions,
-                                                         self.svd_cache))
+        return await self._on_worker(self.checkpoint.generate, self.encoder, descriptions,
+                                     self.svd_cache)

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from t2ray.adapt.router import BASE
 from t2ray.models import load_tokenizer
 from t2ray.models.prompt import prompt_ids
 from t2ray.serve.adaptation import ROUTED, Adaptation, AdaptationError, parse_adaptation
@@ -34,7 +35,6 @@ from t2ray.t2l.encoder import check_description
 log = logging.getLogger("ray.serve")
 API_KEY_ENV = "T2RAY_API_KEY"
 EXPERT_HEADER = "x-t2ray-expert"
-BASE = "other"  # the router category that answers with the base weights
 
 # The helpers come before the ingress class: `serve.ingress` serializes the app's routes when
 # the class is defined, so module globals defined after it would be missing in the replicas.
@@ -204,7 +204,7 @@ class Ingress:
                                           f"now: {', '.join(held[-20:]) or 'none'} (make one "
                                           "with POST /v1/adapters or t2l:<description>)")
                 return asked
-            self.library.resolve(asked)  # refuses unknown names, naming the valid ones
+            self.library.check(asked)  # refuses unknown names, naming the valid ones
             if asked.strategy in ("mix", "fewshot"):
                 info["mixture"] = _mixture(asked, self.library)
             return asked

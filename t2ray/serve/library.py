@@ -98,33 +98,39 @@ class ServingLibrary:
         self.profiles[name] = profile
 
     # --- requests
+    def _named(self, table: dict, what: str, name: str):
+        if name not in table:
+            raise AdaptationError(f"unknown {what} {name!r}; available: {_names(sorted(table))}")
+        return table[name]
+
     def expert(self, name: str) -> ExpertVector:
-        if name not in self.experts:
-            raise AdaptationError(f"unknown expert {name!r}; available: "
-                                  f"{_names(sorted(self.experts))}")
-        return self.experts[name]
+        return self._named(self.experts, "expert", name)
+
+    def check(self, a: Adaptation) -> None:
+        """Refuse a library adaptation (expert, fewshot, mix, lora) whose names this library
+        does not hold, naming the valid ones, without building its adapter."""
+        if a.strategy == "expert":
+            self.expert(a.name)
+        elif a.strategy == "fewshot":
+            self._named(self.profiles, "few-shot profile", a.name)
+        elif a.strategy == "mix":
+            for name, _ in a.weights:
+                self.expert(name)
+        elif a.strategy == "lora":
+            self._named(self.loras, "LoRA", a.name)
+        elif a.strategy != "none":
+            raise ValueError(f"{a.strategy!r} adapters do not come from the library")
 
     def resolve(self, a: Adaptation) -> ExpertVector | LoraWeights | None:
-        """The adapter of a library adaptation (expert, fewshot, mix, lora); None for `none`.
-        Unknown names are refused naming the valid ones."""
-        if a.strategy == "none":
-            return None
+        """The adapter of a library adaptation; None for `none` (names checked by `check`)."""
+        self.check(a)
         if a.strategy == "expert":
-            return self.expert(a.name)
+            return self.experts[a.name]
         if a.strategy == "fewshot":
-            if a.name not in self.profiles:
-                raise AdaptationError(f"unknown few-shot profile {a.name!r}; available: "
-                                      f"{_names(sorted(self.profiles))}")
             return self.profiles[a.name].mixture(self.experts)
         if a.strategy == "mix":
-            experts = [self.expert(name) for name, _ in a.weights]
-            return mix(experts, [w for _, w in a.weights])
-        if a.strategy == "lora":
-            if a.name not in self.loras:
-                raise AdaptationError(f"unknown LoRA {a.name!r}; available: "
-                                      f"{_names(sorted(self.loras))}")
-            return self.loras[a.name]
-        raise ValueError(f"{a.strategy!r} adapters do not come from the library")
+            return mix([self.experts[n] for n, _ in a.weights], [w for _, w in a.weights])
+        return self.loras[a.name] if a.strategy == "lora" else None
 
     def catalog(self) -> dict:
         """What GET /v1/experts lists."""
