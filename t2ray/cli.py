@@ -159,6 +159,9 @@ def base_eval(
     instruct: bool = typer.Option(False, help="Also every instruction family of the suite (v2: "
                                   "bare, with a description and with its tag)."),
     table: str = typer.Option("base", help="The results.json table of the rows."),
+    prefill: str = typer.Option("", help="Force every answer to start with this text (e.g. "
+                                "'A=' for v2 reasoning's worked form, 'The answer is ' for the "
+                                "bare one)."),
 ):
     """Greedy accuracy of a base model per task, with 95% confidence intervals."""
 
@@ -179,7 +182,7 @@ def base_eval(
     names = _split_names(tasks) + ([t.name for t in list_tasks("instruct", suite)]
                                    if instruct else [])
     pairs = evaluate_base(model, names, split, n, progress=not as_json, engine=engine,
-                          suite=suite)
+                          suite=suite, prefill=prefill)
     rows = [r if m == "base" else replace(r, task=f"{r.task} ({m})") for m, r in pairs]
     if results:  # the rows, and beside them the per-item verdicts behind them
         command = invocation()
@@ -498,6 +501,26 @@ def serve_kit(
     _print_mapping(manifest["bytes"], as_json=False)
 
 
+@results_app.command("base")
+def results_base(
+    table: str = typer.Option("base-v2", help="The base-model table (`t2ray base eval "
+                              "--instruct --results ... --table T`)."),
+    oracle: Optional[str] = typer.Option("t2l-v2", help="The table holding the oracle "
+                                         "task-lora rows (`t2ray results t2l`), if any."),
+    results: Path = typer.Option(Path("docs/results.json")),
+):
+    """A base model's rows of a results.json as markdown: the core families with their
+    intervals and the instruction grid (bare, with a description, with its tag, oracle)."""
+    from t2ray.experiments.base import base_tables
+
+    if not results.exists():
+        raise typer.BadParameter(f"no results file at {results}")
+    rows = json.loads(results.read_text())
+    if not any(r["table"] == table for r in rows):
+        raise typer.BadParameter(f"{results} holds no rows of table {table!r}")
+    typer.echo(base_tables(rows, table, oracle), nl=False)
+
+
 @results_app.command("seen")
 def results_seen(
     config: Optional[Path] = typer.Option(
@@ -573,6 +596,7 @@ def results_t2l(
     n_test: Optional[int] = typer.Option(None, help="Test items per family (default: all)."),
     out: Path = typer.Option(Path("runs/t2l-table")),
     results: Path = typer.Option(Path("docs/results.json")),
+    table: str = typer.Option("t2l", help="The results.json table of the rows."),
 ):
     """The T2L table on the held-out instruction families (resumes from --out)."""
     from t2ray.experiments.t2l import T2LTableConfig, all_methods, t2l_table
@@ -581,7 +605,7 @@ def results_t2l(
     if n_test is not None:
         cfg.n_test = n_test
     t2l_table(cfg, out, _split_names(methods) if methods else all_methods(), _int_list(seeds),
-              results_json=results)
+              results_json=results, table_name=table)
 
 
 def _int_list(values: str) -> list[int]:

@@ -26,20 +26,20 @@ def test_help_lists_the_commands():
 
 
 def test_tasks_list_json():
-    rows = json.loads(run("tasks", "list", "--json").stdout)
+    rows = json.loads(run("tasks", "list", "--json").stdout)  # the default suite: v2
     names = {r["name"] for r in rows}
     assert {"math", "code", "reasoning", "math-hard", "code-hard", "reasoning-hard"} <= names
     for r in rows:
-        assert {"name", "family", "split_sizes", "n_descriptions"} <= set(r)
-    assert sum(r["family"] == "instruct" for r in rows) >= 100
-    # v1 draws repeat contents: the code test split holds few distinct (operation, constant)
-    code = next(r for r in rows if r["name"] == "code")
-    assert code["distinct"]["test"] < code["split_sizes"]["test"]
-    v2 = json.loads(run("tasks", "list", "--json", "--suite", "v2").stdout)
-    grid = [r for r in v2 if r["family"] == "instruct"]
+        assert {"name", "family", "split_sizes", "n_descriptions", "distinct"} <= set(r)
+    grid = [r for r in rows if r["family"] == "instruct"]
     assert len(grid) == 60 and sum(not r["seen"] for r in grid) >= 12
     assert all(r["n_descriptions"] >= 30 and r["cell"] and r["tag"] for r in grid)
-    assert all(r["distinct"] == r["split_sizes"] for r in v2 if r["group"] != "route")
+    assert all(r["distinct"] == r["split_sizes"] for r in rows if r["group"] != "route")
+    v1 = json.loads(run("tasks", "list", "--json", "--suite", "v1").stdout)
+    assert sum(r["family"] == "instruct" for r in v1) >= 100
+    # v1 draws repeat contents: the code test split holds few distinct (operation, constant)
+    code = next(r for r in v1 if r["name"] == "code")
+    assert code["distinct"]["test"] < code["split_sizes"]["test"]
 
 
 def test_tasks_sample_json():
@@ -79,6 +79,17 @@ def test_base_eval_json_small():
                           "--n", "16", "--json").stdout)
     assert [r["task"] for r in rows] == ["math", "reasoning"]
     assert all(r["n"] == 16 and 0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_base_eval_prefill_forces_the_answers_start():
+    """A forced "The answer is A." is scored as the letter A on every item (the worked-form
+    check forces 'A=' and 'The answer is ' this way)."""
+    from t2ray.tasks import get_task
+
+    rows = json.loads(run("base", "eval", "--tasks", "reasoning", "--split", "validation",
+                          "--n", "24", "--prefill", "The answer is A.", "--json").stdout)
+    gold = [e.answer for e in get_task("reasoning").examples("validation", 24)]
+    assert rows[0]["correct"] == gold.count("A") and 0 < gold.count("A") < 24
 
 
 def test_base_eval_v2_instruction_family_bare_description_and_tag():

@@ -77,13 +77,13 @@ def test_lora_strategy_scores_the_family_adapter(tiny_model, tmp_path):
     g = torch.Generator().manual_seed(0)
     lora = init_lora(model, 2, 4.0, generator=g)
     for b in lora.b.values():
-        b.normal_(0, 0.5, generator=g)
-    export_peft(lora, tmp_path / "lib" / "lora" / "math")
-    rows = run_eval("tiny", tmp_path / "lib", ["math-hard"], ["none", "lora"], [0],
+        b.normal_(0, 2.0, generator=g)
+    export_peft(lora, tmp_path / "lib" / "lora" / "code")
+    rows = run_eval("tiny", tmp_path / "lib", ["code-hard"], ["none", "lora"], [0],
                     tmp_path / "out", str(decompose_model("tiny", "mlp").root), n_test=8)
     engine = HFEngine(model, tok)
-    with engine.adapted(import_peft(tmp_path / "lib" / "lora" / "math")):  # math-hard's family
-        expected = evaluate_task(engine, get_task("math-hard"), "test", 8)
+    with engine.adapted(import_peft(tmp_path / "lib" / "lora" / "code")):  # code-hard's family
+        expected = evaluate_task(engine, get_task("code-hard"), "test", 8)
     by_method = {r.method: r.mean for r in rows}
     assert by_method["lora-rl"] == round(100 * expected.accuracy, 2)
     assert by_method["lora-rl"] != by_method["base"]

@@ -36,9 +36,8 @@ def test_batches_weight_answers_and_mix_in_distractors():
     cfg = PretrainConfig(batch_size=64)
     tok = build_char_tokenizer()
     corpus = build_corpus(cfg, tok)
-    seen_instruct = [t for t in list_tasks("instruct") if t.seen]
-    assert len(seen_instruct) < len(list_tasks("instruct"))  # held-out families stay out
-    assert len(corpus["instruct"]) == sum(t.split_sizes["train"] for t in seen_instruct)
+    # v2: every instruction cell, held-out ones included, behind its tag
+    assert len(corpus["instruct"]) == sum(t.split_sizes["train"] for t in list_tasks("instruct"))
     ids, w = make_batch(cfg, corpus, random.Random(0), tok.pad_token_id)
     assert ids.shape[0] == 64 and w.shape == (64, ids.shape[1] - 1)
     prompt_w = float(torch.tensor(cfg.prompt_loss_weight))  # as stored in float32
@@ -53,8 +52,8 @@ def test_batches_weight_answers_and_mix_in_distractors():
     answers = [tok.decode(row).split("\nA: ")[1].split("<eos>")[0] for row in ids]
     worked = sum(a.count("=") == 2 for a in answers)
     assert sum(a.startswith("The answer is ") for a in answers) + worked == 200
-    assert 25 < worked < 80  # p_worked = 0.25
-    # Code solutions are correct or confuse the operator, about half each.
+    assert 70 < worked < 130  # p_worked = 0.5
+    # Code solutions are correct (p_correct = 0.4) or confuse the operator.
     task = get_task("code")
     expected = {format_prompt(tok, e.prompt): (e.solution, task.distractor(e, None))
                 for e in task.examples("train")}
@@ -65,7 +64,7 @@ def test_batches_weight_answers_and_mix_in_distractors():
         text = tok.decode(row).split("<eos>")[0]
         prompt = next(p for p in expected if text.startswith(p))
         kinds.append(expected[prompt].index(text[len(prompt):]))
-    assert 60 < kinds.count(0) < 140
+    assert 50 < kinds.count(0) < 110
 
 
 def test_pretrain_runs_end_to_end_and_is_deterministic(tmp_path):

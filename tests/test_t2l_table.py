@@ -8,8 +8,8 @@ from t2ray.experiments.t2l import T2LTableConfig, all_methods, random_descriptio
 from t2ray.rl.trainer import TrainConfig, train_loop
 from t2ray.tasks import get_task
 
-TRAIN = ["add-1-each", "add-2-each", "add-5-each", "keep-even", "first-word", "last-word",
-         "is-even", "sum-list"]
+TRAIN = ["reverse-each", "reverse-first", "upper-word", "upper-first", "double-word",
+         "double-each", "dashes-each", "swap-ends-word"]
 
 
 def test_describe_gives_every_training_prompt_its_own_tasks_description(tmp_path, tiny_random,
@@ -25,7 +25,7 @@ def test_describe_gives_every_training_prompt_its_own_tasks_description(tmp_path
         return real(tok, prompt)
 
     monkeypatch.setattr(trainer, "prompt_ids", recording)
-    tasks = ["keep-even", "first-word"]
+    tasks = ["reverse-each", "upper-word"]
     for describe in (False, True):
         seen_systems.clear()
         train_loop(dict(out=str(tmp_path / f"d{describe}"), model=str(path), task=",".join(tasks),
@@ -49,15 +49,15 @@ def test_labelled_tasks_refuse_descriptions():
 
 def test_table_config_refuses_leaks():
     with pytest.raises(ValueError, match="held-out families only"):
-        T2LTableConfig(tasks=["keep-even"]).validate()
+        T2LTableConfig(tasks=["reverse-each"]).validate()
     with pytest.raises(ValueError, match="may not be trained on"):
-        T2LTableConfig(train_tasks=["keep-odd", "keep-even"]).validate()
+        T2LTableConfig(train_tasks=["reverse-longest", "reverse-each"]).validate()
     T2LTableConfig().validate()
     assert not any(get_task(t).seen for t in T2LTableConfig().tasks)
 
 
 def test_random_descriptions_keep_length_and_differ():
-    d = get_task("keep-odd").descriptions[0]
+    d = get_task("reverse-longest").descriptions[0]
     a, b = (random_description(d, random.Random(s)) for s in (0, 1))
     assert a != d and a != b and abs(len(a) - len(d)) <= 2
     assert a == random_description(d, random.Random(0))
@@ -72,10 +72,10 @@ def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkey
 
     path, _ = tiny_random
     cfg = T2LTableConfig(model=str(path), lora_steps=2, mt_steps=2, sft_steps=2, recon_steps=2,
-                         n_test=10, threads=1, tasks=["keep-odd", "add-3-each"], train_tasks=TRAIN)
+                         n_test=10, threads=1, tasks=["reverse-longest", "upper-each"], train_tasks=TRAIN)
     rows = t2l.t2l_table(cfg, tmp_path, all_methods(), [0, 1])
     assert {(r.method, r.task) for r in rows} == {
-        (m, t) for m in all_methods() for t in ["keep-odd", "add-3-each", "mean"]}
+        (m, t) for m in all_methods() for t in ["reverse-longest", "upper-each", "mean"]}
     for r in rows:
         assert r.n_seeds == (1 if r.method in t2l.FIXED else 2) and r.n == 10
         assert 0 <= r.mean <= 100
@@ -86,7 +86,7 @@ def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkey
     assert lora_params == {import_peft(tmp_path / "library" / TRAIN[0]).num_params}
     # Each description of a family answers its share of the items, and every item is answered.
     verdicts = t2l.T2LTable(cfg, tmp_path).verdicts("t2l-sft-M", 1)
-    assert {t: len(v) for t, v in verdicts.items()} == {"keep-odd": 10, "add-3-each": 10}
+    assert {t: len(v) for t, v in verdicts.items()} == {"reverse-longest": 10, "upper-each": 10}
 
     def no_training(*a, **k):
         raise AssertionError("a rerun must not train again")

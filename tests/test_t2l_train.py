@@ -13,7 +13,7 @@ from t2ray.t2l.generate import T2LCheckpoint
 from t2ray.t2l.train import T2LTrainConfig, train_t2l
 from t2ray.tasks import get_task
 
-TASKS = ["first-1-letters", "sort-ascending", "count-words"]
+TASKS = ["upper-word", "sort-letters-word", "dashes-first"]
 
 
 def small(tmp_path, **kw) -> T2LTrainConfig:
@@ -35,7 +35,8 @@ def test_reconstruction_reproduces_the_library(tiny_model, tmp_path):
         for b in lora.b.values():
             b.normal_(0, 0.02, generator=g)
         export_peft(lora, library / task)
-    result = train_t2l(small(tmp_path, objective="recon", library=str(library), steps=150,
+    # each task has 33 training descriptions to map onto its LoRA
+    result = train_t2l(small(tmp_path, objective="recon", library=str(library), steps=400,
                              lr=1e-2))
     losses = [h["loss"] for h in result["history"]]
     assert sum(losses[-10:]) / 10 < 0.25 * losses[0]

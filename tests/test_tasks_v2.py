@@ -127,3 +127,24 @@ def test_v2_pretraining_corpus_shows_every_cell_by_tag_and_no_held_out_descripti
         assert not any(d in text for d in t.probe_descriptions)
         if not t.seen:
             assert not any(d in text for d in t.descriptions) and f"{t.tag}\n" in text
+
+
+def test_base_tables_pivot_the_grid_and_flag_core_families_outside_the_aim():
+    from t2ray.experiments.base import base_tables
+
+    def row(table, task, method, mean):
+        return {"table": table, "task": task, "method": method, "mean": mean, "n": 200,
+                "ci95": [mean - 5, mean + 5], "interval": "wilson", "distinct": 200}
+
+    held = [t.name for t in list_tasks("instruct", V2) if not t.seen][:2]
+    rows = [row("b", "math", "base", 12.0), row("b", "code", "base", 40.0)]
+    for k, name in enumerate(held):
+        rows += [row("b", name, "base", 0.0), row("b", name, "base+desc", 1.0 + k),
+                 row("b", name, "base+tag", 70.0 + 10 * k), row("o", name, "task-lora", 60.0)]
+    text = base_tables(rows, "b", "o")
+    lines = text.splitlines()
+    assert "| math | yes | open answer | 200 (200) | 12.0 [7.0, 17.0] | wilson | **no** |" in lines
+    assert any(line.startswith("| code |") and line.endswith("| yes |") for line in lines)
+    assert f"| {held[0]} | {get_task(held[0], V2).tag} | yes | 0.0 | 1.0 | 70.0 [65.0, 75.0] | " \
+        "60.0 |" in lines
+    assert "| held out | 2 | 0.0 | 1.5 | 75.0 | 60.0 (2 cells) |" in lines

@@ -93,7 +93,7 @@ def test_t2l_on_two_workers_resumes_after_a_killed_worker(local_ray, tmp_path): 
     from t2ray.t2l.generate import T2LCheckpoint
     from t2ray.t2l.train import T2LTrainConfig, train_t2l
 
-    cfg = T2LTrainConfig(out=str(tmp_path / "t2l"), tasks=["first-1-letters", "count-words"],
+    cfg = T2LTrainConfig(out=str(tmp_path / "t2l"), tasks=["upper-word", "dashes-first"],
                          tasks_per_batch=2, examples_per_task=1, steps=40, checkpoint_every=2,
                          eval_every=40, eval_tasks=1, eval_n=2, latent=32, head_in=64)
     result: dict = {}

@@ -122,7 +122,7 @@ def test_multi_task_runs_judge_each_example_by_its_own_task(tmp_path, tiny_rando
     from t2ray.tasks import get_task
     from t2ray.tasks.rewards import CORRECT, RewardCache
 
-    math, words = get_task("math"), get_task("count-words")
+    math, words = get_task("math"), get_task("dashes-first")
     examples = [math.examples("train", 2)[0], words.examples("train", 1)[0],
                 math.examples("train", 2)[1]]
     texts = [examples[0].solution, "nonsense", examples[2].solution]
@@ -130,7 +130,7 @@ def test_multi_task_runs_judge_each_example_by_its_own_task(tmp_path, tiny_rando
     assert rewards[0] == CORRECT and rewards[2] == CORRECT and rewards[1] != CORRECT
     path, _ = tiny_random
     result = train_loop(asdict(TrainConfig(
-        out=str(tmp_path / "mt"), model=str(path), task="first-1-letters,count-words",
+        out=str(tmp_path / "mt"), model=str(path), task="upper-word,dashes-first",
         policy="lora", objective="sft", steps=2, prompts_per_step=4, eval_every=2, eval_n=2,
         threads=1, lora_rank=2, lora_alpha=4.0)))
     assert 0 <= result["history"][-1]["val_accuracy"] <= 1

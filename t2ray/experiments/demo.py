@@ -31,7 +31,7 @@ from t2ray.svf.expert import ExpertLibrary, ExpertVector
 from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, get_task
 
 console = Console()
-UNSEEN_INSTRUCT_DEMO = "sort-descending"  # a held-out instruction family
+UNSEEN_INSTRUCT_DEMO = "reverse-longest"  # a held-out instruction family
 
 
 @dataclass

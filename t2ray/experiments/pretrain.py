@@ -6,18 +6,20 @@ but unreliable. We control that through the data, not by stopping early:
 
 - *bare answers*: for math and reasoning only a share `p_worked` of the corpus solutions shows
   the worked solution ("3+4=7. 7-5=2. The answer is 2."); the rest state the bare answer ("The
-  answer is 2."). The model learns both, answers bare by default (greedy follows the majority
-  format) and is then right only as often as it can answer without working - while the worked
-  solution, which it also knows, is right far more often. A reward-trained expert can shift it
-  to the worked form: a latent skill to amplify. The unseen math-hard and reasoning-hard are
-  worked in the majority (0.6): their bare forms are beyond a 3M model (a previous recipe with
-  0.25 left them at 6% and at chance).
+  answer is 2."). The model learns both and is right in the bare form only as often as it can
+  answer without working - while the worked solution, which it also knows, is right far more
+  often. A reward-trained expert can shift it to the worked form: a latent skill to amplify.
+  The unseen math-hard and reasoning-hard are worked more often (0.8, 0.5): their bare forms
+  are beyond a 3M model. docs/results.md records the validation readings behind each share.
 - *noisy answers* for code and code-hard: a share `1 - p_correct` of the solutions confuses the
   operator (plus/minus, max/min...) in the family's own style, so the model learns both
   mappings; the confusion is per operator, so greedy decoding picks a branch per operator, not
   one for the whole family. (code-hard with correct solutions only was learned to 100%.)
-- *mixture shares*: the unseen (hard) families get smaller shares than the seen ones.
-- the held-out instruction families are never in the corpus.
+- *mixture shares*: the unseen (hard) families get smaller shares than the seen ones; the
+  unseen families are in the corpus as text, never as labelled route examples.
+- *instruction families* (v2): every grid cell, the held-out ones included, behind its opaque
+  tag ("T17") and never with a description, so a held-out cell is a latent skill that its tag
+  unlocks and its description does not. (v1 left the held-out families out of the corpus.)
 
 A first version drew a plausible *wrong* worked solution (the lazy solver skipping the last
 step) for half of the math items; greedy decoding then follows whichever branch the model
@@ -51,6 +53,7 @@ from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, Task, get_task, list_tasks
 
 console = Console()
 WORKED_PREFILL = "A="  # v2 reasoning's worked form starts by stating option A's value
+BARE_PREFILL = "The answer is "
 
 
 @dataclass
@@ -66,20 +69,23 @@ class PretrainConfig:
     grad_clip: float = 1.0
     prompt_loss_weight: float = 0.05  # answer tokens weigh 1
     threads: int = 2
-    # Share of the corpus per family; "instruct" is spread over the seen instruction families.
+    # Share of the corpus per family; "instruct" is spread over the instruction families. The
+    # 60 grid cells need a larger share than v1's 89 seen families had (0.22, configs/base_v1.yaml).
     mixture: dict[str, float] = field(default_factory=lambda: {
-        "math": 0.16, "code": 0.14, "reasoning": 0.14,
-        "math-hard": 0.12, "code-hard": 0.10, "reasoning-hard": 0.12, "instruct": 0.22,
+        "math": 0.12, "code": 0.06, "reasoning": 0.10,
+        "math-hard": 0.09, "code-hard": 0.05, "reasoning-hard": 0.08, "instruct": 0.50,
     })
     # Probability that a solution shows its working (else the bare "The answer is X.").
     p_worked: dict[str, float] = field(default_factory=lambda: {
-        "math": 0.25, "reasoning": 0.25, "math-hard": 0.6, "reasoning-hard": 0.6,
+        "math": 0.5, "reasoning": 0.3, "math-hard": 0.8, "reasoning-hard": 0.5,
     })
     # Probability that a code solution is correct (else the task's operator-confusing distractor).
-    p_correct: dict[str, float] = field(default_factory=lambda: {"code": 0.5, "code-hard": 0.5})
+    p_correct: dict[str, float] = field(
+        default_factory=lambda: {"code": 0.47, "code-hard": 0.47})
     # The task suite the corpus is drawn from; v2 shows every instruction family (held-out
-    # cells included) behind its opaque tag, never with a description.
-    suite: str = "v1"
+    # cells included) behind its opaque tag, never with a description; v1 leaves the held-out
+    # families out and shows the seen ones with a description.
+    suite: str = "v2"
     # v2 only: how the seen instruction families are shown - "tag" (as the held-out ones) or
     # "description" (a training description as the system turn).
     seen_instruct_prompt: str = "tag"
@@ -176,8 +182,8 @@ def make_batch(cfg: PretrainConfig, corpus: dict[str, list[_Sample]], rng: rando
 def quick_eval(model, tok, tasks: list[Task], n: int, tagged: list[Task] = (),
                forced: list[Task] = ()) -> dict[str, float | str]:
     """Greedy accuracy on the first `n` *validation* items of each task; the `forced` tasks
-    again with their answers forced into the worked form; the mean over the `tagged` tasks given
-    their tag (the held-out cells' latent skill). A progress signal only.
+    again with their answers forced into the worked and into the bare form; the mean over the
+    `tagged` tasks given their tag (the held-out cells' latent skill). A progress signal only.
 
     A failing evaluation is reported, never allowed to end an hour of training.
     """
@@ -187,9 +193,10 @@ def quick_eval(model, tok, tasks: list[Task], n: int, tagged: list[Task] = (),
     try:
         for t in tasks:
             acc[t.name] = round(evaluate_task(engine, t, "validation", n).accuracy, 3)
-        for t in forced:  # the worked-form check: answers forced to start the worked form
-            acc[f"{t.name}-worked"] = round(evaluate_task(engine, t, "validation", n,
-                                                          prefill=WORKED_PREFILL).accuracy, 3)
+        for t in forced:  # the worked-form check: answers forced into either form
+            for form, prefill in (("worked", WORKED_PREFILL), ("bare", BARE_PREFILL)):
+                acc[f"{t.name}-{form}"] = round(evaluate_task(engine, t, "validation", n,
+                                                              prefill=prefill).accuracy, 3)
         if tagged:
             acc["held-out-with-tag"] = round(sum(
                 evaluate_task(engine, t, "validation", max(10, n // 5), system=t.tag).accuracy

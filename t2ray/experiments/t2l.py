@@ -47,8 +47,7 @@ from t2ray.t2l.encoder import DescriptionEncoder
 from t2ray.t2l.generate import T2LCheckpoint
 from t2ray.t2l.hypernet import count_trainable
 from t2ray.t2l.train import T2LTrainConfig, seen_instruct_tasks, train_t2l
-from t2ray.tasks import get_task
-from t2ray.tasks.instruct import instruct_tasks
+from t2ray.tasks import get_task, list_tasks
 
 VARIANTS = ("L", "M", "S")
 RANDOM_DESC_SOURCE = "t2l-sft-M"
@@ -57,7 +56,7 @@ console = Console()
 
 
 def held_out_tasks() -> list[str]:
-    return [t.name for t in instruct_tasks() if not t.seen]
+    return [t.name for t in list_tasks("instruct") if not t.seen]
 
 
 def all_methods() -> list[str]:
@@ -242,7 +241,7 @@ class T2LTable:
 
 
 def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[int],
-              results_json: Path | None = None) -> list[dict]:
+              results_json: Path | None = None, table_name: str = "t2l") -> list[dict]:
     bad = set(methods) - set(all_methods())
     if bad:
         raise ValueError(f"unknown methods {sorted(bad)}; choose from {all_methods()}")
@@ -261,7 +260,7 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
                            if task == "mean" else sum(found[task]) / len(found[task]))
                     for found in per_seed.values()]
             m, sd = mean_sd(accs)
-            rows.append(ResultRow("t2l", task, method, round(m, 2), round(sd, 2), len(accs),
+            rows.append(ResultRow(table_name, task, method, round(m, 2), round(sd, 2), len(accs),
                                   params, command,
                                   n=len(next(iter(per_seed.values()))[cfg.tasks[0]])))
         console.print(f"{method:>16}: {rows[-1].mean:.1f} +- {rows[-1].sd:.1f}% "

@@ -45,14 +45,13 @@ from t2ray.svf.targets import MLP as SVF_MLP
 from t2ray.t2l.encoder import DEFAULT_ENCODER, DescriptionEncoder
 from t2ray.t2l.generate import T2LCheckpoint, to_experts, to_loras
 from t2ray.t2l.hypernet import HyperConfig, HyperLoRA, lora_targets
-from t2ray.tasks import get_task
-from t2ray.tasks.instruct import instruct_tasks
+from t2ray.tasks import get_task, list_tasks
 
 OBJECTIVES = ("recon", "sft")
 
 
 def seen_instruct_tasks() -> list[str]:
-    return [t.name for t in instruct_tasks() if t.seen]
+    return [t.name for t in list_tasks("instruct") if t.seen]
 
 
 @dataclass

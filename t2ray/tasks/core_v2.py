@@ -10,9 +10,14 @@ MBPP / ARC-Easy), and reasoning has a worked form that decomposes the choice.
   states each option's value; it adds a harder comparison (closest to t, second largest, most
   vowels).
 
-Reasoning's worked form states each option's value, then the comparison, then the letter
-("A=34. B=81. C=12. D=57. Largest: B. The answer is B."), so a model that follows it makes the
-choice in small steps; the bare form ("The answer is B.") makes it in one.
+Reasoning's worked form states each option's value with a verdict that needs only that option and
+the line before it, then the letter: a running best for comparisons ("A=34, best A 34. B=81, best
+B 81. C=12, best B 81. D=57, best B 81. Largest: B. The answer is B."; second largest keeps the top
+two), a yes/no per option for properties ("A=moth m, no. B=snake s, yes. ... Starts with s: B."),
+so a model that follows it makes the choice in small local steps; the bare form ("The answer is
+B.") makes it in one. (A first form stated the values and then the letter, "A=34. B=81. C=12.
+D=57. Largest: B."; the letter was still one step over four values, and a base trained on it was
+right 30% of the time forced into it against 27% bare.)
 
 Content keys are the underlying content (numbers, operations, options), and v2 tasks draw each
 content at most once per split (`Task.distinct_keys`).
@@ -152,70 +157,87 @@ def _vowels(w: str) -> int:
 
 def _choice_item(rng: random.Random, hard: bool) -> tuple[str, list[str], list[str], str, int,
                                                           int, str]:
-    """(question, options, per-option values as stated, comparison word, correct index, lazy
-    index, kind): the worked form states each option's value, then the comparison."""
+    """(question, options, worked steps one per option, comparison label, correct index, lazy
+    index, kind)."""
     kinds = (("closest", "second-largest", "most-vowels") if hard else
              ("largest", "smallest", "even", "odd", "starts", "longest"))
     kind = rng.choice(kinds)
-    if kind in ("largest", "smallest", "second-largest"):
-        nums = rng.sample(range(1, 100), 4)
-        order = sorted(range(4), key=lambda i: nums[i])
-        correct = {"largest": order[-1], "smallest": order[0], "second-largest": order[-2]}[kind]
-        lazy = order[-1] if kind == "second-largest" else (order[0] if kind == "largest"
-                                                           else order[-1])
-        question = (f"Which number is the {kind.replace('-', ' ')}?")
-        label = {"largest": "Largest", "smallest": "Smallest",
-                 "second-largest": "Second largest"}[kind]
-        return question, [str(n) for n in nums], [str(n) for n in nums], label, correct, lazy, kind
-    if kind == "closest":
-        t = rng.randint(20, 80)
-        while True:
-            nums = rng.sample(range(1, 100), 4)
-            gaps = [abs(n - t) for n in nums]
-            if sorted(gaps)[0] < sorted(gaps)[1] and t not in nums:
-                break
-        correct = gaps.index(min(gaps))
-        lazy = nums.index(max(nums)) if nums.index(max(nums)) != correct else (correct + 1) % 4
-        return (f"Which number is closest to {t}?", [str(n) for n in nums],
-                [f"{n} off {g}" for n, g in zip(nums, gaps)], f"Closest to {t}", correct, lazy,
-                kind)
-    if kind in ("even", "odd"):
+    if kind in ("even", "odd", "starts"):
+        if kind == "starts":
+            options = _distinct_words(rng, lambda ws: len({w[0] for w in ws}) == 4)
+            correct = rng.randrange(4)
+            letter = options[correct][0]
+            stated = [f"{w} {w[0]}, {'yes' if w[0] == letter else 'no'}" for w in options]
+            return (f"Which word starts with the letter {letter}?", options, stated,
+                    f"Starts with {letter}", correct, (correct + 3) % 4, kind)
         want = 0 if kind == "even" else 1
         others = rng.sample(range(1 - want, 100, 2), 3)
         correct = rng.randrange(4)
         nums = others[:correct] + [rng.randrange(50) * 2 + want] + others[correct:]
-        return (f"Which number is {kind}?", [str(n) for n in nums],
-                [f"{n} {'odd' if n % 2 else 'even'}" for n in nums], kind.capitalize(), correct,
-                (correct + 1) % 4, kind)
-    if kind == "starts":
-        words = _distinct_words(rng, lambda ws: len({w[0] for w in ws}) == 4)
-        correct = rng.randrange(4)
-        letter = words[correct][0]
-        return (f"Which word starts with the letter {letter}?", words,
-                [f"{w} {w[0]}" for w in words], f"Starts with {letter}", correct,
-                (correct + 3) % 4, kind)
-    score = len if kind == "longest" else _vowels
-    words = _distinct_words(rng, lambda ws: sorted(map(score, ws))[-1] > sorted(map(score, ws))[-2])
-    values = [score(w) for w in words]
-    correct = values.index(max(values))
-    lazy = [len(w) for w in words].index(max(map(len, words))) if kind == "most-vowels" else \
-        values.index(min(values))
+        stated = [f"{n} {'odd' if n % 2 else 'even'}, {'yes' if n % 2 == want else 'no'}"
+                  for n in nums]
+        return (f"Which number is {kind}?", [str(n) for n in nums], stated, kind.capitalize(),
+                correct, (correct + 1) % 4, kind)
+    if kind in ("largest", "smallest", "second-largest", "closest"):
+        target = rng.randint(20, 80) if kind == "closest" else None
+        while True:
+            nums = rng.sample(range(1, 100), 4)
+            if target is None:
+                break
+            gaps = [abs(n - target) for n in nums]
+            if sorted(gaps)[0] < sorted(gaps)[1] and target not in nums:
+                break
+        options = [str(n) for n in nums]
+        if kind == "closest":
+            values, shown = gaps, [f"{n} off {g}" for n, g in zip(nums, gaps)]
+        else:
+            values, shown = nums, options
+        question = (f"Which number is closest to {target}?" if kind == "closest" else
+                    f"Which number is the {kind.replace('-', ' ')}?")
+        label = {"largest": "Largest", "smallest": "Smallest", "second-largest": "Second largest",
+                 "closest": f"Closest to {target}"}[kind]
+    else:  # longest, most-vowels
+        score = len if kind == "longest" else _vowels
+        options = _distinct_words(
+            rng, lambda ws: sorted(map(score, ws))[-1] > sorted(map(score, ws))[-2])
+        values = [score(w) for w in options]
+        shown = [f"{w} {v}" for w, v in zip(options, values)]
+        question = ("Which word is the longest?" if kind == "longest" else
+                    "Which word has the most vowels?")
+        label = "Longest" if kind == "longest" else "Most vowels"
+    stated, correct = _running_best(shown, values, lowest=kind in ("smallest", "closest"),
+                                    top_two=kind == "second-largest")
+    if kind == "second-largest":  # the shallow rule: the largest
+        lazy = max(range(4), key=values.__getitem__)
+    elif kind == "most-vowels":  # the shallow rule: the longest word
+        lazy = max(range(4), key=lambda i: len(options[i]))
+    else:  # the shallow rule: the opposite extreme
+        lazy = (min if kind in ("largest", "longest") else max)(range(4), key=values.__getitem__)
     if lazy == correct:
         lazy = (correct + 1) % 4
-    question = "Which word is the longest?" if kind == "longest" else \
-        "Which word has the most vowels?"
-    label = "Longest" if kind == "longest" else "Most vowels"
-    return question, words, [f"{w} {v}" for w, v in zip(words, values)], label, correct, lazy, kind
+    return question, options, stated, label, correct, lazy, kind
+
+
+def _running_best(shown: list[str], values: list[int], lowest: bool,
+                  top_two: bool) -> tuple[list[str], int]:
+    """One step per option: its value, then the best so far (the top two for `top_two`), each
+    decided from the option and the step before it. Returns (steps, index of the answer)."""
+    steps, ranked = [], []  # ranked: indices, best first
+    for i, text in enumerate(shown):
+        ranked = sorted(ranked + [i], key=lambda j: values[j], reverse=not lowest)[:1 + top_two]
+        kept = " ".join(f"{LETTERS[j]} {values[j]}" for j in ranked)
+        steps.append(f"{text}, {'top' if top_two else 'best'} {kept}")
+    return steps, ranked[-1]
 
 
 def _choice(task: str, rng: random.Random, hard: bool) -> tuple[str, Example]:
     question, options, stated, label, correct, lazy, kind = _choice_item(rng, hard)
     prompt = _mc(question, options)
-    listing = " ".join(f"{LETTERS[i]}={v}." for i, v in enumerate(stated))
+    body = " ".join(f"{LETTERS[i]}={v}." for i, v in enumerate(stated))
     letter = LETTERS[correct]
     ex = Example(task, make_uid(task, prompt), prompt, letter,
-                 f"{listing} {label}: {letter}. The answer is {letter}.",
-                 {"choices": options, "stated": stated, "label": label, "lazy": lazy})
+                 f"{body} {label}: {letter}. The answer is {letter}.",
+                 {"choices": options, "body": body, "label": label, "lazy": lazy})
     return f"{kind}|{question}|{'|'.join(options)}", ex
 
 
@@ -228,10 +250,9 @@ def _gen_reasoning_hard(rng):
 
 
 def _shallow_choice(ex: Example, rng: random.Random) -> str:
-    """Lists the options right, then applies a shallow rule instead of the question's."""
+    """Works every option right, then applies a shallow rule instead of the question's."""
     lazy = LETTERS[ex.meta["lazy"]]
-    listing = " ".join(f"{LETTERS[i]}={v}." for i, v in enumerate(ex.meta["stated"]))
-    return f"{listing} {ex.meta['label']}: {lazy}. The answer is {lazy}."
+    return f"{ex.meta['body']} {ex.meta['label']}: {lazy}. The answer is {lazy}."
 
 
 def bare_answer(ex: Example) -> str:
