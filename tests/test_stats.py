@@ -52,7 +52,7 @@ def test_accuracy_interval_names_its_method():
     verdicts = [True, False, True, True] * 25
     low, high, method = accuracy_interval(verdicts, [str(i) for i in range(100)])
     assert method == "wilson" and (low, high) == wilson_interval(75, 100)
-    keys = get_task("code").content_keys("test", 100)  # v1 code repeats its contents
+    keys = get_task("code", "v1").content_keys("test", 100)  # v1 code repeats contents
     assert len(set(keys)) < 100
     low, high, method = accuracy_interval(verdicts, keys)
     assert method == "cluster-bootstrap" and low < 0.75 < high
