@@ -90,7 +90,8 @@ def base_tables(rows: list[dict], table: str, oracle_table: str | None = None) -
         return f"{r['mean']:.1f}" + (f" [{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}]" if ci else "")
 
     out = ["| family | seen by experts | chance (%) | n (distinct) | accuracy (%) [95% CI] "
-           "| interval | in the 15-60% aim? |", "|---|---|---|---|---|---|---|"]
+           f"| interval | in the {LATENT_AIM[0]:.0f}-{LATENT_AIM[1]:.0f}% aim? |",
+           "|---|---|---|---|---|---|---|"]
     for name in CORE_SEEN + CORE_UNSEEN:
         r = mine.get((name, "base"))
         if r is None:
@@ -104,7 +105,7 @@ def base_tables(rows: list[dict], table: str, oracle_table: str | None = None) -
     grid = [t for t in list_tasks("instruct") if (t.name, "base") in mine]
     if not grid:
         return "\n".join(out) + "\n"
-    methods = ("base", "base+desc", "base+tag")
+    methods = tuple(PROMPTINGS)  # bare, with a description, with its tag
     out += ["", "| cell | tag | held out | bare | with a description | with its tag [95% CI] "
             "| oracle task-lora |", "|---|---|---|---|---|---|---|"]
     for t in sorted(grid, key=lambda t: (t.seen, t.name)):
