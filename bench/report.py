@@ -22,12 +22,20 @@ def machine() -> str:
             f"threads, {gpu}, torch {torch.__version__}")
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so that a wall-clock interval holds the kernels it launched."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

@@ -80,3 +80,11 @@ def test_pretrain_runs_end_to_end_and_is_deterministic(tmp_path):
     assert metrics[-1]["step"] == 3 and "val_accuracy" in metrics[-1]
     assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "a" / "pretrain_config.yaml").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPU")
+def test_pretrain_refuses_a_device_it_cannot_use(tmp_path):
+    for device, message in (("tpu", "cpu or cuda"), ("cuda", "sees no GPU")):
+        with pytest.raises(ValueError, match=message):
+            pretrain(PretrainConfig(out=str(tmp_path / device), device=device))
+        assert not (tmp_path / device).exists()  # refused before any output is written

@@ -108,6 +108,19 @@ def test_reference_parameterisation_in_float64():
     assert torch.allclose((u * SVFParam("linear").scales(z, s)) @ vh, u @ torch.diag(s * z) @ vh)
 
 
+def test_experts_follow_the_factors_device(setup):
+    """Experts are stored on the CPU; sigma' and W' are computed where the factors live (a GPU
+    in serving). The meta device stands in for the GPU: only where the result lands is checked."""
+    _, cache, _ = setup
+    name, rank = next(iter(cache.ranks().items()))
+    for kind in ("reference", "linear"):
+        sigma = torch.ones(rank, device="meta")
+        assert SVFParam(kind).scales(torch.zeros(rank), sigma).device.type == "meta"
+    moved = SVDCache(cache.root).to("meta")
+    assert all(t.device.type == "meta" for t in moved.factors(name))
+    assert all(t.device.type == "cpu" for t in cache.factors(name))  # the original is untouched
+
+
 @pytest.mark.parametrize("kind", ["reference", "linear"])
 def test_recompose_equals_factorized_and_restores_weights(setup, kind):
     model, cache, ids = setup

@@ -39,7 +39,8 @@ def clear_stale_build_locks(root: Path, max_age_s: float = 900.0) -> list[Path]:
 
 def _single_process_group() -> None:
     """DeepSpeed needs a process group; Ray Train makes one per run, an in-process run
-    (`--workers 0`) gets a one-rank gloo group on a free local port."""
+    (`--workers 0`) gets a one-rank group on a free local port: NCCL on a GPU (ZeRO's
+    reduce-scatter and all-gather of CUDA tensors are not in gloo), gloo on the CPU."""
     import socket
 
     import torch.distributed as dist
@@ -51,7 +52,8 @@ def _single_process_group() -> None:
         port = sock.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
                       LOCAL_RANK="0")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0,
+                            world_size=1)
 
 
 def initialize(module: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: int,

@@ -30,11 +30,16 @@ RECON_TOLERANCE = 1e-5  # relative Frobenius error of U diag(S) V^T against W, f
 
 
 def svd_factors(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """(U, S, Vh, relative reconstruction error) of W (out, in), in fp32."""
-    w32 = w.detach().float()
-    u, s, vh = torch.linalg.svd(w32, full_matrices=False)
-    err = float(torch.linalg.norm((u * s) @ vh - w32) / torch.linalg.norm(w32).clamp_min(1e-30))
-    return u.contiguous(), s.contiguous(), vh.contiguous(), err
+    """(U, S, Vh, relative reconstruction error of the fp32 factors) of W (out, in), computed on
+    W's device and returned in fp32 on the CPU, where the cache is written. On a GPU the SVD
+    runs in float64: cuSOLVER's fp32 SVD of Llama-3.1-8B-shaped MLP matrices missed the
+    tolerance (1.05e-3 relative on an H200, docs/benchmarks.md)."""
+    work = torch.float64 if w.is_cuda else torch.float32
+    wd = w.detach().to(work)
+    u, s, vh = (t.float() for t in torch.linalg.svd(wd, full_matrices=False))
+    recon = (u.to(work) * s.to(work)) @ vh.to(work)
+    err = float(torch.linalg.norm(recon - wd) / torch.linalg.norm(wd).clamp_min(1e-30))
+    return u.cpu().contiguous(), s.cpu().contiguous(), vh.cpu().contiguous(), err
 
 
 def decompose_shard(weights: dict[str, torch.Tensor], threads: int = 1) -> tuple[dict, dict]:
@@ -73,10 +78,19 @@ class SVDCache:
     def ranks(self) -> dict[str, int]:
         return {n: m.rank for n, m in self.matrices.items()}
 
-    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _load(self) -> dict[str, torch.Tensor]:
         if not self._factors:
             for shard in sorted(set(self.manifest["shards"].values())):
                 self._factors.update(load_file(self.root / shard))
+        return self._factors
+
+    def to(self, device: str | torch.device) -> "SVDCache":
+        """Keep the factors on `device`: on a GPU, W' is then composed there, not on the CPU."""
+        self._factors = {k: v.to(device) for k, v in self._load().items()}
+        return self
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self._load()
         return (self._factors[f"{name}.U"], self._factors[f"{name}.S"],
                 self._factors[f"{name}.Vh"])
 

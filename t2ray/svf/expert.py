@@ -42,7 +42,9 @@ class SVFParam:
                              f"choose one of {PARAMETERISATIONS}")
 
     def scales(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """New singular values sigma' for z of shape (..., r) and sigma of shape (r,)."""
+        """New singular values sigma' for z of shape (..., r) and sigma of shape (r,), on sigma's
+        device (experts are stored and shipped on the CPU, factors may live on a GPU)."""
+        z = z.to(sigma.device)
         if self.kind == "linear":
             return sigma * z
         scaled = sigma * (torch.sigmoid(z) * self.max_mult)
