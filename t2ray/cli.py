@@ -170,6 +170,7 @@ def base_eval(
         invocation,
         merge_results,
         print_accuracy_table,
+        verdict_entry,
         write_verdicts,
     )
     from t2ray.experiments.base import evaluate_base
@@ -187,7 +188,9 @@ def base_eval(
     if results:  # the rows, and beside them the per-item verdicts behind them
         command = invocation()
         merge_results(results, [ResultRow.from_eval(r, table, m, command) for m, r in pairs])
-        write_verdicts(results.parent / "scores" / f"{table}.jsonl.gz", table, pairs, command)
+        write_verdicts(results.parent / "scores" / f"{table}.jsonl.gz", table,
+                       [verdict_entry(r.task, m, r.split, r.item_correct) for m, r in pairs],
+                       command)
     payload = [{**r.as_dict(), "method": m} for m, r in pairs]
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

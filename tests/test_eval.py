@@ -97,16 +97,17 @@ def test_adapter_fingerprint_sees_every_change():
 
 
 def test_verdicts_are_kept_compactly_and_rederive_the_rows(tmp_path):
-    from t2ray.eval.harness import EvalRow
-    from t2ray.eval.results import read_verdicts, write_verdicts
+    from t2ray.eval.results import read_verdicts, verdict_entry, write_verdicts
 
-    def row(task, bits):
-        v = tuple(b == "1" for b in bits)
-        return EvalRow(task, "test", len(v), sum(v), sum(v) / len(v), 0, 1, 0.0, v)
+    def row(task, bits, seed=None):
+        return verdict_entry(task, "base", "test", [b == "1" for b in bits], seed)
 
     path = tmp_path / "scores" / "base.jsonl.gz"
-    write_verdicts(path, "base", [("base", row("math", "0110")), ("base", row("code", "1"))], "c")
-    write_verdicts(path, "base", [("base", row("math", "1111"))], "c2")  # replaces math
-    kept = {(d["task"], d["method"]): d for d in read_verdicts(path)}
-    assert kept[("math", "base")]["verdicts"] == "1111" and kept[("math", "base")]["command"] == "c2"
-    assert kept[("code", "base")]["n"] == 1 and len(kept) == 2
+    write_verdicts(path, "base", [row("math", "0110"), row("code", "1")], "c")
+    write_verdicts(path, "base", [row("math", "1111")], "c2")  # replaces math
+    write_verdicts(path, "base", [row("math", "0001", seed=1)], "c3")  # another seed: kept beside
+    kept = {(d["task"], d["method"], d["seed"]): d for d in read_verdicts(path)}
+    assert kept[("math", "base", None)]["verdicts"] == "1111"
+    assert kept[("math", "base", None)]["command"] == "c2"
+    assert kept[("math", "base", 1)]["verdicts"] == "0001" and kept[("math", "base", 1)]["n"] == 4
+    assert kept[("code", "base", None)]["n"] == 1 and len(kept) == 3

@@ -168,19 +168,27 @@ def kept_json(path: Path, key: dict, compute: Callable[[], object]):
     return value
 
 
-def write_verdicts(path: Path, table: str, rows: Sequence[tuple[str, EvalRow]],
-                   command: str) -> None:
-    """Keep the per-item verdicts behind a table's rows (gzipped JSON lines, one row each, the
-    verdicts as a 0/1 string in split order), replacing that table's earlier rows for the same
-    (task, method): a table can then be re-derived and re-tested without running a model."""
+def verdict_entry(task: str, method: str, split: str, verdicts: Sequence[bool],
+                  seed: int | None = None) -> dict:
+    """One row of a scores file: a (task, method[, seed]) and its verdicts in split order."""
+    return {"task": task, "method": method, "seed": seed, "split": split, "n": len(verdicts),
+            "verdicts": "".join("1" if v else "0" for v in verdicts)}
+
+
+def write_verdicts(path: Path, table: str, entries: Sequence[dict], command: str) -> None:
+    """Keep the per-item verdicts behind a table's rows (gzipped JSON lines, one `verdict_entry`
+    each, the verdicts as a 0/1 string in split order), replacing that table's earlier rows for
+    the same (task, method, seed): a table can then be re-derived and re-tested without running a
+    model."""
     import gzip
 
+    def key(d: dict) -> tuple:
+        return d["task"], d["method"], d.get("seed")
+
     kept = read_verdicts(path) if path.exists() else []
-    new = [{"table": table, "task": r.task, "method": m, "split": r.split, "n": r.n,
-            "verdicts": "".join("1" if v else "0" for v in r.item_correct), "command": command}
-           for m, r in rows]
-    replaced = {(d["task"], d["method"]) for d in new}
-    kept = [d for d in kept if (d["task"], d["method"]) not in replaced] + new
+    new = [{**e, "table": table, "command": command} for e in entries]
+    replaced = {key(d) for d in new}
+    kept = [d for d in kept if key(d) not in replaced] + new
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(path, "wt") as f:
         f.writelines(json.dumps(d, sort_keys=True) + "\n" for d in kept)

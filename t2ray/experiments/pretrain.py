@@ -9,8 +9,8 @@ but unreliable. We control that through the data, not by stopping early:
   answer is 2."). The model learns both and is right in the bare form only as often as it can
   answer without working - while the worked solution, which it also knows, is right far more
   often. A reward-trained expert can shift it to the worked form: a latent skill to amplify.
-  The unseen math-hard and reasoning-hard are worked more often (0.8, 0.5): their bare forms
-  are beyond a 3M model. docs/results.md records the validation readings behind each share.
+  The unseen math-hard is worked more often (0.8): its bare form is beyond a 3M model.
+  docs/results.md records the validation readings behind each share.
 - *noisy answers* for code and code-hard: a share `1 - p_correct` of the solutions confuses the
   operator (plus/minus, max/min...) in the family's own style, so the model learns both
   mappings; the confusion is per operator, so greedy decoding picks a branch per operator, not
@@ -26,8 +26,11 @@ step) for half of the math items; greedy decoding then follows whichever branch 
 prefers by a hair at the shared decision point, for every item at once, and math accuracy
 collapsed to 0% (validation, step 1600). Bare-but-correct answers avoid that cliff.
 
-The run is deterministic for a seed and thread count; the learning rate warms up and decays on a
-cosine to `min_lr_ratio`, so the final checkpoint is a stable one (no checkpoint picking).
+On the CPU the run is deterministic for a seed and thread count; on a GPU (`device: cuda`, two
+minutes on an H200 instead of an hour on 2 cores) it is the same recipe with other numerics, not
+bitwise reproducible, and the bundled base was built there (docs/results.md says how it was
+chosen). The learning rate warms up and decays on a cosine to `min_lr_ratio`, so the final
+checkpoint is a stable one (no checkpoint picking).
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class PretrainConfig:
     })
     # Probability that a solution shows its working (else the bare "The answer is X.").
     p_worked: dict[str, float] = field(default_factory=lambda: {
-        "math": 0.5, "reasoning": 0.3, "math-hard": 0.8, "reasoning-hard": 0.5,
+        "math": 0.7, "reasoning": 0.5, "math-hard": 0.8, "reasoning-hard": 0.5,
     })
     # Probability that a code solution is correct (else the task's operator-confusing distractor).
     p_correct: dict[str, float] = field(
@@ -92,7 +95,7 @@ class PretrainConfig:
     # v2 only: how the seen instruction families are shown - "tag" (as the held-out ones) or
     # "description" (a training description as the system turn).
     seen_instruct_prompt: str = "tag"
-    eval_every: int = 1100
+    eval_every: int = 2200  # the progress evaluation the recipe's candidates were compared on
     eval_n: int = 100  # validation items per core family at each evaluation
     model: dict = field(default_factory=dict)  # overrides of tiny_config()
 

@@ -37,7 +37,15 @@ from tqdm import tqdm
 
 from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import score_examples
-from t2ray.eval.results import ResultRow, invocation, kept_json, merge_results, pivot_table
+from t2ray.eval.results import (
+    ResultRow,
+    invocation,
+    kept_json,
+    merge_results,
+    pivot_table,
+    verdict_entry,
+    write_verdicts,
+)
 from t2ray.eval.stats import mean_sd
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
@@ -251,9 +259,11 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
     console.print("[bold]T2L table config[/bold]", asdict(cfg))
     command = invocation()
     table = T2LTable(cfg, out)
-    rows = []
+    rows, entries = [], []
     for method in methods:
         per_seed = {s: table.verdicts(method, s) for s in (seeds[:1] if method in FIXED else seeds)}
+        entries += [verdict_entry(task, method, "test", found[task], seed)
+                    for seed, found in per_seed.items() for task in cfg.tasks]
         params = table.params(method)
         for task in [*cfg.tasks, "mean"]:
             accs = [100 * (sum(sum(v) / len(v) for v in found.values()) / len(found)
@@ -269,8 +279,10 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
     (out / "table.md").write_text(text)
     (out / "rows.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1))
     console.print(text)
-    if results_json:
+    if results_json:  # the rows, and beside them the per-item verdicts behind them
         merge_results(results_json, rows)
+        write_verdicts(Path(results_json).parent / "scores" / f"{table_name}.jsonl.gz",
+                       table_name, entries, command)
     return rows
 
 
