@@ -415,7 +415,10 @@ def eval_strategies(
                                  help="Comma list of none|expert|lora|prompt|classifier|fewshot."),
     seeds: int = typer.Option(1, help="Seeds 0..N-1 (expert libraries and CEM seeds)."),
     n_test: Optional[int] = typer.Option(None, help="Test items per task (default: all)."),
-    shots: int = typer.Option(10), generations: int = typer.Option(10),
+    shots: int = typer.Option(20, help="Validation items CEM scores each member on."),
+    select: int = typer.Option(100, help="The next validation items, which choose among the "
+                               "anchors (base, each expert, uniform) and the incumbents."),
+    generations: int = typer.Option(10),
     population: int = typer.Option(32), concurrency: int = typer.Option(2),
     per_matrix: bool = typer.Option(False, help="One alpha per expert x matrix."),
     searcher: str = typer.Option("cem", help="cem, optuna-cmaes or nevergrad."),
@@ -432,7 +435,8 @@ def eval_strategies(
 
     check_strategies(_split_names(strategy))
 
-    fewshot = FewShotConfig(shots=shots, generations=generations, population=population,
+    fewshot = FewShotConfig(shots=shots, select=select, generations=generations,
+                            population=population,
                             concurrency=concurrency, per_matrix=per_matrix, searcher=searcher,
                             engine=engine)
     cache = decompose_model(model, "mlp")

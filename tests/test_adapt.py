@@ -96,3 +96,20 @@ def test_router_scores_with_the_classifier_expert_and_restores_the_base(engine, 
 def test_experts_must_be_router_categories(engine):
     with pytest.raises(ValueError, match="not router categories"):
         TwoPass(engine, {"poetry": None}, Router(engine))
+
+
+def test_an_unsure_router_abstains_to_the_base_and_the_threshold_is_chosen_on_validation():
+    """Label scores (log-probabilities) of five questions: three confident and right, two
+    unsure whose best label is wrong and whose truth is `other`. Only a threshold between the
+    two confidence levels routes all five right; the lowest such threshold is chosen."""
+    from t2ray.adapt.router import choose_threshold, pick_labels
+
+    cats = ("math", "code", BASE)
+    confident = torch.log(torch.tensor([0.9, 0.05, 0.05]))
+    unsure = torch.log(torch.tensor([0.42, 0.33, 0.25]))
+    scores = torch.stack([confident, confident.roll(2), confident, unsure, unsure])
+    truth = ["math", BASE, "math", BASE, BASE]
+    assert pick_labels(scores, cats, 0.0) == ["math", BASE, "math", "math", "math"]
+    threshold, accuracy = choose_threshold(scores, truth, cats)
+    assert accuracy == 1.0 and threshold == pytest.approx(0.45)  # grid step 0.05 above 0.42
+    assert Router(None, categories=cats, threshold=threshold).pick(scores) == truth

@@ -80,3 +80,22 @@ def test_searcher_runs_generations_and_waits_between_them():
     for i in (0, 2, 3):
         s.on_trial_complete(f"u{i}", {"accuracy": 0.0, "loglik": 0.0})
     assert s.suggest("v0") == CEMSearcher.FINISHED
+
+
+def test_generation_zero_holds_the_base_each_expert_and_the_uniform_mix():
+    cem = CEM(CEMConfig(dim=6, n_experts=2, population=8, seed=0))  # per-matrix: 2 x 3
+    members = cem.ask()
+    np.testing.assert_array_equal(members[:4], [[0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                                                [0, 0, 0, 1, 1, 1], [0.5] * 6])
+    assert not np.isin(members[4:], [0.0, 0.5, 1.0]).all()  # the rest are drawn
+    with pytest.raises(ValueError, match="cannot hold generation 0's 5 anchors"):
+        CEMConfig(dim=3, n_experts=3, population=4)
+
+
+def test_an_objective_where_the_base_is_best_returns_alpha_zero():
+    """Every mixture is worse than alpha = 0 (any expert weight costs accuracy): the search
+    returns the base exactly, not a small alpha the sampling happened to reach."""
+    cem = CEM(CEMConfig(dim=6, n_experts=3, population=8, generations=1, seed=0))
+    _run(cem, lambda a: (-float(np.abs(a).sum()), 0.0))
+    assert cem.best[0][0] == 0.0  # one generation: clamped draws are all-zero ~0.02% of the time
+    np.testing.assert_array_equal(cem.best[1], np.zeros(6))

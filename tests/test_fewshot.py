@@ -3,10 +3,12 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from ray_local import local_ray  # noqa: F401
 
+from t2ray.adapt.anchors import anchor_members
 from t2ray.adapt.fewshot import (
     FewShotConfig,
     ShotScorer,
@@ -65,16 +67,18 @@ def test_scalar_fitness_keeps_accuracy_first():
 def test_cem_search_on_tune_runs_every_member_and_selects_on_held_out_items(
         local_ray, tiny_random, experts, tmp_path):  # noqa: F811
     path, cache = tiny_random
-    cfg = FewShotConfig(shots=4, select=4, population=4, generations=2, concurrency=2)
+    cfg = FewShotConfig(shots=4, select=4, population=6, generations=2, concurrency=2)
     result = search_mixture(str(path), str(cache.root), experts, "reasoning", cfg, tmp_path)
-    assert result.trials == 8 and len(result.history) == 2
+    assert result.trials == 12 and len(result.history) == 2
+    # generation 0 starts with the fallbacks: the base (alpha = 0), each expert alone, uniform
+    np.testing.assert_allclose([m["alpha"] for m in result.members[:5]], anchor_members(3, 3))
     assert len(result.alpha) == 3 and all(0 <= a <= 1 for a in result.alpha)
     best = [h["best_accuracy"] for h in result.history]
     assert best == sorted(best)  # the incumbent carries over
     assert result.selection_accuracy is not None
     # every member is kept in the result, in suggestion order, instead of Tune's per-trial logs
     assert [(m["generation"], m["member"]) for m in result.members] == [
-        (g, k) for g in range(2) for k in range(4)]
+        (g, k) for g in range(2) for k in range(6)]
     assert result.alpha in [m["alpha"] for m in result.members]
     assert max(m["accuracy"] for m in result.members) == result.history[-1]["best_accuracy"]
     assert not list(tmp_path.rglob("progress.csv")) and not list(tmp_path.rglob("events.out*"))

@@ -11,7 +11,8 @@ SHAPES = dict(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_la
               num_attention_heads=4, num_key_value_heads=2, head_dim=8)
 
 
-def reference_loss(logits, base, ids, mask, rewards, kl_coef, reduction):
+def reference_loss(logits, base, ids, mask, rewards, kl_coef, reduction,
+                   kl_form="pi||ref, token-mean"):
     """Loops in float64, written from the equations."""
     logits, base = logits.double(), base.double()
     b, t, _ = logits.shape
@@ -23,16 +24,19 @@ def reference_loss(logits, base, ids, mask, rewards, kl_coef, reduction):
                 logp = torch.log_softmax(logits[i, j - 1], -1)
                 q = torch.log_softmax(base[i, j - 1], -1)
                 seq = seq + logp[ids[i, j]]
-                kl_sum = kl_sum + (logp.exp() * (logp - q)).sum()
+                kl_sum = kl_sum + ((logp.exp() * (logp - q)).sum() if kl_form.startswith("pi")
+                                   else (q.exp() * (q - logp)).sum())
                 n, n_tok = n + 1, n_tok + 1
         if reduction == "mean":
             seq = seq / n
         pg = pg - rewards[i] * seq
-    return pg / b + kl_coef * kl_sum / n_tok
+    kl = kl_sum / n_tok if kl_form.endswith("token-mean") else kl_sum / b
+    return pg / b + kl_coef * kl
 
 
+@pytest.mark.parametrize("kl_form", ["pi||ref, token-mean", "ref||pi, sequence-sum"])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_reinforce_loss_and_gradient_match_float64(reduction):
+def test_reinforce_loss_and_gradient_match_float64(reduction, kl_form):
     torch.manual_seed(0)
     logits = torch.randn(4, 7, 11, dtype=torch.float64, requires_grad=True)
     base = torch.randn(4, 7, 11, dtype=torch.float64)
@@ -41,9 +45,9 @@ def test_reinforce_loss_and_gradient_match_float64(reduction):
     mask[:, 3:] = 1
     mask[1, 5:] = 0  # a shorter completion
     rewards = torch.tensor([1.0, -1.0, 1.0, -1.0])
-    cfg = ReinforceConfig(kl_coef=0.2, logprob_reduction=reduction)
+    cfg = ReinforceConfig(kl_coef=0.2, logprob_reduction=reduction, kl_form=kl_form)
     loss, stats = reinforce_loss(logits, ids, mask, rewards, cfg, base_logits=base)
-    ref = reference_loss(logits, base, ids, mask, rewards, 0.2, reduction)
+    ref = reference_loss(logits, base, ids, mask, rewards, 0.2, reduction, kl_form)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     (g,) = torch.autograd.grad(loss, logits)
     (g_ref,) = torch.autograd.grad(ref, logits)

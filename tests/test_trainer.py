@@ -4,6 +4,7 @@ import json
 from dataclasses import asdict
 
 import pytest
+import torch
 
 from t2ray.lora import import_peft
 from t2ray.rl.trainer import TrainConfig, train_loop
@@ -34,12 +35,44 @@ def test_svf_training_saves_an_expert(tmp_path, tiny_random, objective):
 
 
 def test_lora_baseline_exports_peft(tmp_path, tiny_random):
+    """B trains; what is exported is the selected candidate: the zero adapter (candidate 0) if
+    no validation beat the base, else the trained B."""
     path, _ = tiny_random
-    train_loop(small(tmp_path, path, policy="lora", lora_rank=4, lora_alpha=8.0, lr=0.05,
-                     grad_clip=1.0))
+    result = train_loop(small(tmp_path, path, policy="lora", lora_rank=4, lora_alpha=8.0,
+                              lr=0.05, grad_clip=1.0))
+    assert all(h["grad_norm"] > 0 for h in result["history"])
     lora = import_peft(tmp_path / "out" / "lora")
     assert lora.rank == 4 and lora.scale == pytest.approx(2.0)
-    assert any(b.abs().sum() > 0 for b in lora.b.values())  # B moved off its zero init
+    shipped_zero = all(b.abs().sum() == 0 for b in lora.b.values())
+    assert shipped_zero == (result["history"][-1]["best_step"] == 0)
+
+
+def test_a_run_worse_than_base_at_every_step_ships_the_identity(tmp_path):
+    """An lr that wrecks the bundled base at every step: the expert that ships is the identity
+    (candidate 0, the base's own validation score), not the last or any trained step."""
+    from t2ray.svf.ops import decompose_model
+
+    cache = decompose_model("tiny", "mlp")
+    result = train_loop(asdict(TrainConfig(
+        out=str(tmp_path / "wrecked"), task="math", svd_cache=str(cache.root), objective="sft",
+        steps=2, prompts_per_step=4, eval_every=1, eval_n=20, lr=20.0, grad_clip=1.0,
+        threads=1)))
+    expert = ExpertVector.load(tmp_path / "wrecked" / "expert")
+    base = expert.metrics["base_val_accuracy"]
+    assert base > 0 and all(h["val_accuracy"] < base for h in result["history"])
+    assert expert.metrics["selected_step"] == 0 and expert.metrics["val_accuracy"] == base
+    assert all(torch.equal(z, expert.param.identity(len(z))) for z in expert.z.values())
+
+
+def test_selection_keeps_the_first_strictly_best_candidate(tmp_path):
+    from t2ray.rl.trainer import Selection
+
+    sel = Selection(tmp_path / "selection.pt", base_val_accuracy=0.3)
+    for acc, step in ((0.3, 0), (0.2, 10), (0.5, 20), (0.5, 30), (0.4, 40)):
+        sel.offer(acc, step, lambda step=step: {"z": torch.full((2,), float(step))}, write=True)
+    assert (sel.step, sel.val_accuracy) == (20, 0.5)  # a tie never replaces the incumbent
+    again = Selection.load(tmp_path / "selection.pt")  # what a restarted worker reads
+    assert again.summary() == sel.summary() and torch.equal(again.state["z"], sel.state["z"])
 
 
 def test_bad_configs_are_refused(tmp_path, tiny_random):

@@ -242,7 +242,7 @@ def test_adaptive_eval_and_few_shot_search_on_vllm_equal_hf(tmp_path, cache, loc
     lib = ExpertLibrary(tmp_path / "lib")
     for k, name in enumerate(["math", "code", "reasoning", "route"]):
         lib.add(name, _expert(cache, 10 + k, name, scale=0.5))
-    fewshot = FewShotConfig(shots=2, select=0, population=2, generations=1, concurrency=1)
+    fewshot = FewShotConfig(shots=2, select=0, population=5, generations=1, concurrency=1)
     rows = {}
     for engine in ("hf", "vllm"):
         rows[engine] = run_eval("tiny", lib.root, ["math-hard"],

@@ -1,7 +1,9 @@
 """Cross-entropy method over mixture weights alpha, and the same search as a Ray Tune `Searcher`.
 
 As the reference does it: population 32, elite ratio 0.2, alpha clamped to [0, 1], initial mean
-1/K and std 0.5, member 0 of every later generation is the incumbent best. Fitness is a tuple
+1/K and std 0.5, member 0 of every later generation is the incumbent best. Unlike the reference,
+generation 0 also holds fixed anchors (`anchor_members`): alpha = 0, each expert alone and the
+uniform mix, so the search can always fall back to the base or a single expert. Fitness is a tuple
 (accuracy on the shots, mean log-likelihood of the correct answers), compared lexicographically,
 so the log-likelihood only breaks accuracy ties.
 
@@ -18,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from ray.tune.search import Searcher
 
+from t2ray.adapt.anchors import anchor_members
+
 Fitness = tuple[float, float]
 
 
@@ -33,12 +37,17 @@ class CEMConfig:
     low: float = 0.0
     high: float = 1.0
     seed: int = 0
+    anchors: bool = True  # generation 0 starts with `anchor_members`
 
     def __post_init__(self):
         if self.population < 2 or not 0 < self.elite_ratio <= 1:
             raise ValueError("CEM needs population >= 2 and 0 < elite_ratio <= 1")
-        if self.dim < 1 or self.n_experts < 1:
-            raise ValueError("CEM needs dim >= 1 and n_experts >= 1")
+        if self.dim < 1 or self.n_experts < 1 or self.dim % self.n_experts:
+            raise ValueError("CEM needs n_experts >= 1 and dim a positive multiple of it")
+        if self.anchors and self.population < self.n_experts + 2:
+            raise ValueError(f"a population of {self.population} cannot hold generation 0's "
+                             f"{self.n_experts + 2} anchors (base, each expert, uniform); use "
+                             f"population >= {self.n_experts + 2} or anchors=False")
 
     @property
     def n_elite(self) -> int:
@@ -62,10 +71,14 @@ class CEM:
         return self.generation >= self.cfg.generations
 
     def ask(self) -> np.ndarray:
-        """(population, dim) members, clamped; member 0 is the best so far (after generation 0)."""
+        """(population, dim) members, clamped; generation 0 starts with the anchors, and member
+        0 of every later generation is the best so far."""
         members = self.rng.normal(self.mean, self.std, size=(self.cfg.population, self.cfg.dim))
         if self.best is not None:
             members[0] = self.best[1]
+        elif self.cfg.anchors:
+            anchors = anchor_members(self.cfg.n_experts, self.cfg.dim)
+            members[: len(anchors)] = anchors
         return np.clip(members, self.cfg.low, self.cfg.high)
 
     def tell(self, members: np.ndarray, fitness: list[Fitness]) -> None:

@@ -6,8 +6,11 @@ per trial) handed out through a queue. CEM (`t2ray.adapt.cem.CEMSearcher`) is th
 Optuna's CMA-ES sampler and Nevergrad's CMA are selectable.
 
 Data: the shots are the first `shots` validation items of the task, a disjoint selection set
-(the next `select` validation items) picks among the per-generation incumbents, and the test
-split is never seen here - the reference selected partly on its test remainder.
+(the next `select` validation items) picks among the anchors (alpha = 0, each expert alone, the
+uniform mix: `anchors.anchor_members`, scored in generation 0) and every member that became the
+incumbent on the shots, and the test split is never seen here - the reference selected partly on
+its test remainder. So the search falls back to the base or a single expert when no mixture
+beats them on held-out items; 100 selection items put one item at 1 point (40 gave 2.5).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from t2ray.adapt.anchors import anchor_members
 from t2ray.adapt.member import EngineActor, score_member
 from t2ray.engines.base import Engine
 from t2ray.engines.factory import build_engine
@@ -36,8 +41,8 @@ SEARCHERS = ("cem", "optuna-cmaes", "nevergrad")
 
 @dataclass
 class FewShotConfig:
-    shots: int = 10
-    select: int = 40  # selection-set items (validation, after the shots)
+    shots: int = 20
+    select: int = 100  # selection-set items (validation, after the shots)
     per_matrix: bool = False  # one alpha per expert x matrix instead of per expert
     population: int = 32
     generations: int = 10  # the reference runs 50
@@ -131,7 +136,7 @@ def _search_alg(cfg: FewShotConfig, dim: int, n_experts: int):
 
         return CEMSearcher(CEMConfig(dim=dim, n_experts=n_experts, population=cfg.population,
                                      generations=cfg.generations, seed=cfg.seed))
-    start = [{f"a{i}": 1.0 / n_experts for i in range(dim)}]
+    start = [{f"a{i}": float(x) for i, x in enumerate(a)} for a in anchor_members(n_experts, dim)]
     if cfg.searcher == "optuna-cmaes":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -240,9 +245,16 @@ def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str
                         "mean_accuracy": sum(m["accuracy"] for m in gen) / len(gen)})
     chosen, selection_accuracy = best, None
     if cfg.select:
+        candidates: list[dict] = []
+        for m in [*rows, *incumbents]:  # the anchors' first scores (generation 0), then the rest
+            is_anchor = any(np.allclose(m["alpha"], a)
+                            for a in anchor_members(len(expert_dirs), dim))
+            seen = any(np.allclose(m["alpha"], c["alpha"]) for c in candidates)
+            if not seen and (is_anchor or any(m is i for i in incumbents)):
+                candidates.append(m)
         scored = [(ray.get(actors[0].score.remote(m["alpha"], "selection")), i, m)
-                  for i, m in enumerate(incumbents)]
-        # best on the selection set; ties go to the earlier (less fitted) incumbent
+                  for i, m in enumerate(candidates)]
+        # best on the selection set; ties go to the earlier candidate (the base first)
         sel, _, chosen = max(scored, key=lambda s: (s[0]["accuracy"], s[0]["loglik"], -s[1]))
         selection_accuracy = sel["accuracy"]
     if own:

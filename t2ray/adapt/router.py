@@ -4,12 +4,16 @@
 log-probability as the answer in one forward pass over all (question, label) pairs - no free
 generation, so no unparseable output. `classifier` strategy: the same scoring with the classifier
 expert applied (an SVF expert trained with the RL trainer on the `route` task). The category
-`other` routes to the base weights.
+`other` routes to the base weights, and so does any question whose top label's probability
+(softmax over the labels' scores) is below `threshold`: a router that is unsure abstains.
+`choose_threshold` picks it on validation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from t2ray.engines.base import Engine, label_scores
 from t2ray.tasks.route import CATEGORIES, route_prompt
@@ -24,6 +28,7 @@ class Router:
     engine: Engine
     classifier: object | None = None  # ExpertVector for the `classifier` strategy
     categories: tuple[str, ...] = CATEGORIES
+    threshold: float = 0.0  # below this top-label probability: `other` (0 never abstains)
 
     def scores(self, questions: list[str]):
         """(len(questions), len(categories)): each label's per-token log-probability."""
@@ -32,8 +37,27 @@ class Router:
                                 list(self.categories))
 
     def pick(self, scores) -> list[str]:
-        """The category of each row of `scores`: the label scored highest."""
-        return [self.categories[i] for i in scores.argmax(-1).tolist()]
+        """The category of each row of `scores`: the label scored highest, or `other` where its
+        probability among the labels is below the threshold."""
+        return pick_labels(scores, self.categories, self.threshold)
 
     def route(self, questions: list[str]) -> list[str]:
         return self.pick(self.scores(questions))
+
+
+def pick_labels(scores: torch.Tensor, categories: tuple[str, ...], threshold: float) -> list[str]:
+    confidence, best = scores.float().softmax(-1).max(-1)
+    return [BASE if c < threshold else categories[i]
+            for c, i in zip(confidence.tolist(), best.tolist())]
+
+
+def choose_threshold(scores: torch.Tensor, truth: list[str], categories: tuple[str, ...] =
+                     CATEGORIES, grid: tuple[float, ...] = tuple(i / 20 for i in range(20))
+                     ) -> tuple[float, float]:
+    """(threshold, routing accuracy) with the best accuracy on these (validation) scores; ties go
+    to the lowest threshold, the router that abstains least."""
+    def accuracy(t: float) -> float:
+        picks = pick_labels(scores, categories, t)
+        return sum(p == y for p, y in zip(picks, truth)) / len(truth)
+
+    return max(((t, accuracy(t)) for t in grid), key=lambda ta: (ta[1], -ta[0]))

@@ -133,6 +133,15 @@ def in_ray_train() -> bool:
     return True
 
 
+def resuming() -> bool:
+    """Whether this run continues from a Ray Train checkpoint (a restarted worker)."""
+    if not in_ray_train():
+        return False
+    import ray.train
+
+    return ray.train.get_checkpoint() is not None
+
+
 def optimizer_step(loss, params, opt, sched, grad_clip, world, ds_engine) -> float:
     """Backward, gradient all-reduce (mean over ranks), clipping, step; the gradient norm."""
     if ds_engine is not None:

@@ -54,7 +54,7 @@ class DemoPreset:
 
 PRESETS = {"default": DemoPreset(),
            "smoke": DemoPreset(steps=1, prompts_per_step=2, samples_per_prompt=2, n_test=4,
-                               shots=2, population=2, generations=1, t2l_steps=2)}
+                               shots=2, population=5, generations=1, t2l_steps=2)}
 
 
 def _train_once(cfg: TrainConfig, artifact: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.func import functional_call
 
+from t2ray.distributed.loop import trainable_state
 from t2ray.lora.peft_io import export_peft
 from t2ray.lora.weights import LoraWeights, batched_lora, init_lora
 from t2ray.models import weights_fingerprint
@@ -29,6 +30,19 @@ def _freeze(model: torch.nn.Module) -> None:
 
 def _param_key(name: str) -> str:
     return name.replace(".", "__")
+
+
+def trainable_copy(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of a policy's trainable tensors: one candidate a run may ship."""
+    return {n: t.detach().cpu().clone() for n, t in trainable_state(policy).items()}
+
+
+def load_trainable(policy: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Write a candidate (from `trainable_copy` or `identity_state`) into the policy."""
+    params = dict(policy.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
 class SVFPolicy(torch.nn.Module):
@@ -51,6 +65,11 @@ class SVFPolicy(torch.nn.Module):
             self.register_buffer(f"u_{_param_key(n)}", u, persistent=False)
             self.register_buffer(f"s_{_param_key(n)}", s, persistent=False)
             self.register_buffer(f"vh_{_param_key(n)}", vh, persistent=False)
+
+    def identity_state(self) -> dict[str, torch.Tensor]:
+        """The expert that gives back the base weights exactly (candidate 0 of a run)."""
+        return {f"z.{_param_key(n)}": self.param.identity(self.cache.matrices[n].rank)
+                for n in self.names}
 
     def adapted_weights(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -122,6 +141,11 @@ class LoraPolicy(torch.nn.Module):
                                          for n in self.names})
         self.b = torch.nn.ParameterDict({_param_key(n): torch.nn.Parameter(lw.b[n])
                                          for n in self.names})
+
+    def identity_state(self) -> dict[str, torch.Tensor]:
+        """The zero adapter (B = 0): the base model exactly (candidate 0 of a run)."""
+        return {f"b.{_param_key(n)}": torch.zeros_like(self.b[_param_key(n)].detach().cpu())
+                for n in self.names}
 
     def lora(self) -> LoraWeights:
         return LoraWeights({n: self.a[_param_key(n)] for n in self.names},

@@ -8,9 +8,13 @@ minus its group's mean when several samples are drawn per prompt (`baseline="gro
 may carry weights instead of being samples: every answer of a closed set, weighted by its
 probability, gives the expected gradient over that set, and the group baseline becomes the
 expected reward. The KL is
-the exact per-token KL over the vocabulary at the rollout positions, averaged over completion
-tokens; the base policy's logits come from the same model with the expert switched off, so no
-second model copy is held.
+the exact per-token KL over the vocabulary at the rollout positions, in one of two named forms:
+`kl_form="pi||ref, token-mean"` (KL(pi_z || pi_base) averaged over completion tokens, the
+default) or `"ref||pi, sequence-sum"` (the reference implementation's: KL(pi_base || pi_z)
+summed over each completion, averaged over completions; about a completion's length stronger
+for the same coefficient, which is why the paper's 0-0.3 are weak in the first form). The base
+policy's logits come from the same model with the expert switched off, so no second model copy
+is held.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+KL_FORMS = ("pi||ref, token-mean", "ref||pi, sequence-sum")
+
 
 @dataclass
 class ReinforceConfig:
@@ -26,8 +32,11 @@ class ReinforceConfig:
     baseline: str = "none"  # "none" (reference) or "group"
     group_size: int = 1  # samples per prompt; rows of one prompt are adjacent
     logprob_reduction: str = "sum"  # "sum" (reference) or "mean" over completion tokens
+    kl_form: str = "pi||ref, token-mean"  # or "ref||pi, sequence-sum" (the reference's)
 
     def __post_init__(self):
+        if self.kl_form not in KL_FORMS:
+            raise ValueError(f"kl_form must be one of {KL_FORMS}, not {self.kl_form!r}")
         if self.baseline not in ("none", "group"):
             raise ValueError(f"baseline must be 'none' or 'group', not {self.baseline!r}")
         if self.logprob_reduction not in ("sum", "mean"):
@@ -85,8 +94,12 @@ def reinforce_loss(policy_logits: torch.Tensor, input_ids: torch.Tensor,
     if base_logits is not None:
         logp = torch.log_softmax(policy_logits[:, :-1].float(), -1)
         base_logp = torch.log_softmax(base_logits[:, :-1].float(), -1)
-        kl_tok = (logp.exp() * (logp - base_logp)).sum(-1)
-        kl = (kl_tok * mask).sum() / mask.sum().clamp_min(1.0)
+        if cfg.kl_form == KL_FORMS[0]:
+            kl_tok = (logp.exp() * (logp - base_logp)).sum(-1)
+            kl = (kl_tok * mask).sum() / mask.sum().clamp_min(1.0)
+        else:  # per completion, weighted over completions like the policy gradient
+            kl_tok = (base_logp.exp() * (base_logp - logp)).sum(-1)
+            kl = (w * (kl_tok * mask).sum(dim=1)).sum() / w.sum()
         loss = loss + cfg.kl_coef * kl
         stats["kl"] = kl.item()
     stats["loss"] = loss.item()

@@ -21,6 +21,7 @@ from t2ray.distributed.loop import (
     Trainable,
     completion_batch,
     distributed,
+    resuming,
     run_recipe,
     save_history,
     scheduler,
@@ -33,7 +34,7 @@ from t2ray.engines.lockstep import LockstepEngine
 from t2ray.eval.harness import evaluate_task, max_new_tokens_for
 from t2ray.models import load_model
 from t2ray.models.prompt import Prompt, prompt_ids
-from t2ray.rl.policy import LoraPolicy, SVFPolicy
+from t2ray.rl.policy import LoraPolicy, SVFPolicy, load_trainable, trainable_copy
 from t2ray.rl.reinforce import ReinforceConfig, reinforce_loss
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import SVFParam
@@ -65,6 +66,7 @@ class TrainConfig:
     # the set, so a prompt whose samples would all draw one label still teaches something).
     label_rollouts: str = "sample"
     kl_coef: float = 0.0
+    kl_form: str = "pi||ref, token-mean"  # or "ref||pi, sequence-sum" (t2ray.rl.reinforce)
     baseline: str = "none"
     logprob_reduction: str = "sum"
     optimizer: str = "adamw-cosine"  # or "adam-constant" (the reference's preset)
@@ -124,6 +126,39 @@ class TrainConfig:
                 raise ValueError("label_rollouts 'all' weights labels by their per-token "
                                  "log-probability; the loss must use the same "
                                  "(logprob_reduction: mean)")
+
+
+@dataclass
+class Selection:
+    """The best validation candidate so far. Candidate 0 is the identity (the base model
+    itself), and a later one replaces the best only when strictly better, so what a run ships
+    is never worse than base on validation. Written to `path` at each new best, so a restarted
+    worker keeps it."""
+
+    path: Path
+    base_val_accuracy: float | None = None
+    val_accuracy: float = float("-inf")
+    step: int = -1
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, val_accuracy: float, step: int, state: Callable[[], dict],
+              write: bool) -> None:
+        if val_accuracy <= self.val_accuracy:
+            return
+        self.val_accuracy, self.step, self.state = val_accuracy, step, state()
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.summary() | {"state": self.state}, self.path)
+
+    def summary(self) -> dict:
+        return {"base_val_accuracy": self.base_val_accuracy,
+                "selected_val_accuracy": self.val_accuracy, "selected_step": self.step}
+
+    @classmethod
+    def load(cls, path: Path) -> "Selection":
+        saved = torch.load(path, weights_only=True)
+        return cls(path, saved["base_val_accuracy"], saved["selected_val_accuracy"],
+                   saved["selected_step"], saved["state"])
 
 
 def _build_policy(cfg: TrainConfig, model) -> torch.nn.Module:
@@ -297,7 +332,8 @@ def build(cfg: TrainConfig) -> Trainable:
     local_prompts = max(1, cfg.prompts_per_step // world)
     # rollouts per prompt: every label of the closed set, or the samples drawn
     per_prompt = len(labels) if cfg.label_rollouts == "all" else cfg.samples_per_prompt
-    rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, per_prompt, cfg.logprob_reduction)
+    rl_cfg = ReinforceConfig(cfg.kl_coef, cfg.baseline, per_prompt, cfg.logprob_reduction,
+                             cfg.kl_form)
     sizes = {"sync_bytes": sync_bytes(policy), "full_copy_bytes": full_copy_bytes(model),
              "local_weight_bytes": local_weight_bytes(model)}
 
@@ -348,23 +384,42 @@ def build(cfg: TrainConfig) -> Trainable:
         return loss, {"loss": loss.item(), "completion_tokens": int(comp.sum()), **sizes,
                       "tokens": int(attn.sum())}
 
-    def validate() -> dict:
+    def val_accuracy() -> float:
         engine = rollouts.engine
         with rollouts.following():
             accs = [label_accuracy(engine, t, "validation", cfg.eval_n) if labels else
                     evaluate_task(engine, t, "validation", cfg.eval_n,
                                   t.descriptions[0] if cfg.describe else None).accuracy
                     for t in tasks]
-        return {"val_accuracy": sum(accs) / len(accs)}
+        return sum(accs) / len(accs)
+
+    selection_path = Path(cfg.out) / "selection.pt"
+    if resuming() and selection_path.exists():
+        selection = Selection.load(selection_path)
+    else:  # candidate 0: the identity, scored on the same validation items
+        trained = trainable_copy(policy)
+        identity = trained | policy.identity_state()
+        load_trainable(policy, identity)
+        selection = Selection(selection_path, base_val_accuracy=val_accuracy())
+        selection.offer(selection.base_val_accuracy, 0, lambda: identity, write=rank == 0)
+        load_trainable(policy, trained)
+
+    def validate() -> dict:
+        acc = val_accuracy()
+        selection.offer(acc, sched.last_epoch, lambda: trainable_copy(policy), write=rank == 0)
+        return {"val_accuracy": acc, "best_val_accuracy": selection.val_accuracy,
+                "best_step": selection.step}
 
     def save(history: list[dict]) -> None:
+        """Ship the best validation candidate (the identity when no step beat the base)."""
         out = Path(cfg.out)
         save_history(history, out, "reward_curve.png",
                      "reward_mean" if cfg.objective == "rl" else "loss",
                      f"{cfg.policy}-{cfg.objective} on {cfg.task}")
-        final = {k: v for k, v in history[-1].items()
-                 if k in ("val_accuracy", "reward_mean", "step")}
-        policy.save(out, cfg.task, final, cfg.model)
+        load_trainable(policy, selection.state)
+        final = {k: v for k, v in history[-1].items() if k in ("reward_mean", "step")}
+        policy.save(out, cfg.task, {**final, "val_accuracy": selection.val_accuracy,
+                                    **selection.summary()}, cfg.model)
 
     step_fn = rl_step if cfg.objective == "rl" else sft_step
     return Trainable(policy, opt, sched, step_fn, validate, ds_engine, save, rollouts.close)
