@@ -113,3 +113,23 @@ def test_an_unsure_router_abstains_to_the_base_and_the_threshold_is_chosen_on_va
     threshold, accuracy = choose_threshold(scores, truth, cats)
     assert accuracy == 1.0 and threshold == pytest.approx(0.45)  # grid step 0.05 above 0.42
     assert Router(None, categories=cats, threshold=threshold).pick(scores) == truth
+
+
+def test_calibration_reads_route_validation_and_never_loses_to_no_threshold(tiny_model):
+    """On the bundled base: the threshold comes from the routing task's validation items and
+    routes them at least as well as never abstaining (0 is a candidate)."""
+    from t2ray.adapt.router import pick_labels
+    from t2ray.tasks import get_task
+    from t2ray.tasks.route import question_of, route_prompt
+
+    model, tok = tiny_model
+    router = Router(HFEngine(model, tok))
+    accuracy = router.calibrate(n=40)
+    examples = get_task("route").examples("validation", 40)
+    questions = [question_of(e.prompt) for e in examples]
+    assert [route_prompt(q) for q in questions] == [e.prompt for e in examples]
+    scores = router.scores(questions)
+    never = sum(p == e.answer for p, e in zip(pick_labels(scores, router.categories, 0.0),
+                                              examples)) / len(examples)
+    assert accuracy >= never and 0.0 <= router.threshold < 1.0
+    assert accuracy == sum(p == e.answer for p, e in zip(router.pick(scores), examples)) / 40

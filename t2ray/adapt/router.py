@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from t2ray.engines.base import Engine, label_scores
-from t2ray.tasks.route import CATEGORIES, route_prompt
+from t2ray.tasks.route import CATEGORIES, question_of, route_prompt
 
 BASE = "other"  # the category that keeps the base weights
 
@@ -43,6 +43,17 @@ class Router:
 
     def route(self, questions: list[str]) -> list[str]:
         return self.pick(self.scores(questions))
+
+    def calibrate(self, n: int = 200) -> float:
+        """Set `threshold` to the best one on the routing task's first `n` validation items (the
+        test split stays unseen); returns the routing accuracy there."""
+        from t2ray.tasks import get_task
+
+        examples = get_task("route").examples("validation", n)
+        scores = self.scores([question_of(e.prompt) for e in examples])
+        self.threshold, accuracy = choose_threshold(scores, [e.answer for e in examples],
+                                                    self.categories)
+        return accuracy
 
 
 def pick_labels(scores: torch.Tensor, categories: tuple[str, ...], threshold: float) -> list[str]:

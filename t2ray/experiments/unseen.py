@@ -54,6 +54,8 @@ class StrategyScore:
     first_pass_share: float | None = None
     routed: dict[str, int] = field(default_factory=dict)
     alpha: list[float] | None = None
+    router_threshold: float | None = None  # prompt / classifier: chosen on route validation
+    router_val_accuracy: float | None = None
 
 
 def library_for_seed(experts: Path, seed: int) -> ExpertLibrary:
@@ -99,7 +101,10 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
         return score
     classifier = lib.get(CLASSIFIER, expect_fingerprint=fp) if strategy == "classifier" else None
     experts = {c: lib.get(c, expect_fingerprint=fp) for c in EXPERT_CATEGORIES}
-    result = TwoPass(engine, experts, Router(engine, classifier=classifier)).run(questions, max_new)
+    router = Router(engine, classifier=classifier)
+    score.router_val_accuracy = router.calibrate()
+    score.router_threshold = router.threshold
+    result = TwoPass(engine, experts, router).run(questions, max_new)
     score.accuracy = _score(task, examples, result.completions, verify)
     score.first_pass_share = result.first_pass_share
     score.routed = result.group_sizes

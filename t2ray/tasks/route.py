@@ -23,6 +23,14 @@ def route_prompt(question: str) -> str:
     return ROUTE_PROMPT.format(question=question)
 
 
+def question_of(prompt: str) -> str:
+    """The question inside a routing prompt (`route_prompt`'s inverse)."""
+    head = ROUTE_PROMPT.split("{question}")[0]
+    if not prompt.startswith(head):
+        raise ValueError("not a routing prompt")
+    return prompt[len(head):]
+
+
 @lru_cache(maxsize=None)
 def _sources(suite: str) -> dict[str, list[Example]]:
     from t2ray.tasks import CORE_SEEN, get_task, list_tasks
