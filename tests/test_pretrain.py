@@ -28,8 +28,11 @@ def test_lr_schedule_warms_up_and_decays_to_the_floor():
     assert all(lr_at(s) >= lr_at(s + 1) for s in range(10, 99))
     assert [lr_factor(s, 4) for s in (0, 2, 4, 9)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
     assert lr_factor(7, 4, "constant") == 1.0
+    # T2L's reference schedule: 20% warmup, then a straight line to zero
+    assert [lr_factor(s, 10, "linear", warmup=2) for s in (0, 1, 2, 6, 10)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.5, 0.0])
     with pytest.raises(ValueError, match="unknown schedule"):
-        lr_factor(0, 4, "linear")
+        lr_factor(0, 4, "exponential")
 
 
 def test_batches_weight_answers_and_mix_in_distractors():

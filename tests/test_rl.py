@@ -111,6 +111,23 @@ def test_sft_loss_counts_completion_tokens_only():
     assert sft_loss(logits, ids, mask).item() == pytest.approx(torch.log(torch.tensor(5.0)).item())
 
 
+def test_label_smoothed_sft_loss_matches_float64():
+    """(1 - eps) * NLL + eps * mean over the vocabulary of -log p, on completion tokens only."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, dtype=torch.float64)
+    ids = torch.randint(0, 7, (2, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]])
+    eps, total, n = 0.1, 0.0, 0
+    for i in range(2):
+        for j in range(1, 5):
+            if mask[i, j]:
+                logp = torch.log_softmax(logits[i, j - 1], -1)
+                total += -(1 - eps) * logp[ids[i, j]] - eps * logp.mean()
+                n += 1
+    assert sft_loss(logits, ids, mask, label_smoothing=eps).item() == pytest.approx(
+        (total / n).item(), rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def model_and_cache(tmp_path_factory):
     torch.manual_seed(0)

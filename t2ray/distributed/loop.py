@@ -23,13 +23,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 def lr_factor(step: int, steps: int, kind: str = "cosine", warmup: int = 0,
               min_ratio: float = 0.0) -> float:
     """Multiplier of the base learning rate at `step`: linear warmup over `warmup` steps, then
-    a cosine from 1 to `min_ratio` at `steps` (or constant 1)."""
+    a cosine or a straight line from 1 to `min_ratio` at `steps` (or constant 1)."""
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
     if kind == "constant":
@@ -37,7 +37,8 @@ def lr_factor(step: int, steps: int, kind: str = "cosine", warmup: int = 0,
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * shape
 
 
 def scheduler(opt: torch.optim.Optimizer, steps: int, kind: str = "cosine", warmup: int = 0,
@@ -261,9 +262,10 @@ def completion_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]
 
 
 def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor,
-             completion_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token loss on reference completions only (the paper's SFT ablation)."""
+             completion_mask: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token loss on reference completions only (the paper's SFT ablation), optionally
+    label-smoothed (T2L's reference trains with 0.1)."""
     mask = completion_mask[:, 1:].float()
     nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:],
-                          reduction="none")
+                          reduction="none", label_smoothing=label_smoothing)
     return (nll * mask).sum() / mask.sum().clamp_min(1.0)

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from t2ray.distributed.loop import (
+    SCHEDULES,
     Trainable,
     completion_batch,
     distributed,
@@ -73,6 +74,10 @@ class T2LTrainConfig:
     tasks_per_batch: int = 8  # the reference: 8 tasks x 1 example
     examples_per_task: int = 2
     lr: float = 1e-3
+    # The reference: linear decay after 20% warmup, label smoothing 0.1 (lr 2.5e-5, far longer).
+    schedule: str = "cosine"  # cosine or linear (t2ray.distributed.loop.SCHEDULES)
+    warmup_ratio: float = 0.0  # share of the steps spent warming up
+    label_smoothing: float = 0.0  # SFT only
     weight_decay: float = 1e-2
     l2_reg: float = 1e-3  # SFT: penalty on the generated A and B (the reference)
     grad_clip: float = 1.0
@@ -92,6 +97,10 @@ class T2LTrainConfig:
         return list(self.tasks) or seen_instruct_tasks()
 
     def validate(self) -> None:
+        if self.schedule not in SCHEDULES or self.schedule == "constant":
+            raise ValueError(f"schedule must be cosine or linear, not {self.schedule!r}")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.label_smoothing < 1:
+            raise ValueError("warmup_ratio and label_smoothing must lie in [0, 1)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.variant == "Z" and self.objective != "sft":
@@ -194,7 +203,7 @@ def build(cfg: T2LTrainConfig) -> Trainable:
     net = build_hypernet(cfg, model.config.to_dict(), encoder.dim).train()
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = scheduler(opt, cfg.steps, "cosine")
+    sched = scheduler(opt, cfg.steps, cfg.schedule, round(cfg.warmup_ratio * cfg.steps))
     ds_engine = None
     if cfg.deepspeed_stage is not None:
         from t2ray.distributed.deepspeed import initialize
@@ -236,7 +245,7 @@ def build(cfg: T2LTrainConfig) -> Trainable:
             l2 = sum(a.square().mean() + b.square().mean() for a, b in outputs.values())
         with adapted:
             logits = model(input_ids=ids, attention_mask=attn).logits
-        nll = sft_loss(logits, ids, comp)
+        nll = sft_loss(logits, ids, comp, cfg.label_smoothing)
         loss = nll + cfg.l2_reg * l2 / len(outputs)
         return loss, {"loss": loss.item(), "nll": nll.item(), "tokens": int(attn.sum())}
 
