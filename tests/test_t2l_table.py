@@ -94,3 +94,20 @@ def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkey
     monkeypatch.setattr(t2l, "train_t2l", no_training)
     monkeypatch.setattr("t2ray.rl.launch.train", no_training)
     assert t2l.t2l_table(cfg, tmp_path, all_methods(), [0, 1]) == rows
+
+
+def test_retrieval_finds_a_familys_own_description_and_the_tag_row_uses_tags(tmp_path,
+                                                                             tiny_random):
+    """t2l-nearest answers a description with the family it came from when that description is
+    a training one; base+tag gives every item of a held-out cell the cell's pretraining tag."""
+    import t2ray.experiments.t2l as t2l
+
+    path, _ = tiny_random
+    table = t2l.T2LTable(T2LTableConfig(model=str(path), tasks=["upper-each"],
+                                        train_tasks=TRAIN), tmp_path)
+    for family in TRAIN:
+        for description in get_task(family).descriptions[:3]:
+            assert table.nearest_family(description) == family
+    assert table.nearest_family(get_task("upper-each").descriptions[0]) in TRAIN
+    adapters, systems = table.adapters("base+tag", 0, "upper-each")
+    assert set(systems) == {get_task("upper-each").tag} and set(adapters) == {None}

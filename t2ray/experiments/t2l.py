@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import torch
 import yaml
 from rich.console import Console
 from tqdm import tqdm
@@ -59,7 +60,7 @@ from t2ray.tasks import get_task, list_tasks
 
 VARIANTS = ("L", "M", "S")
 RANDOM_DESC_SOURCE = "t2l-sft-M"
-FIXED = ("base", "base+desc")  # greedy on fixed weights: the same on every seed
+FIXED = ("base", "base+desc", "base+tag")  # greedy on fixed weights: the same on every seed
 console = Console()
 
 
@@ -68,7 +69,7 @@ def held_out_tasks() -> list[str]:
 
 
 def all_methods() -> list[str]:
-    return ["base", "base+desc", "mt-lora", "task-lora",
+    return ["base", "base+desc", "base+tag", "mt-lora", "task-lora", "t2l-nearest",
             *(f"t2l-recon-{v}" for v in VARIANTS), *(f"t2l-sft-{v}" for v in VARIANTS),
             "t2svf", "t2l-random-desc"]
 
@@ -122,6 +123,7 @@ class T2LTable:
         self.engine = HFEngine(self.model, self.tok, svd_cache=self.svd_cache, name=cfg.model)
         self._encoder = None
         self._last: tuple = (None, None)  # the adapter source loaded last: every family reuses it
+        self._library_loras: dict = {}
 
     def _load_once(self, key: Path, load):
         if self._last[0] != key:
@@ -190,6 +192,23 @@ class T2LTable:
         return self._load_once(run, lambda: import_peft(
             path, expect_fingerprint=self.svd_cache.fingerprint))
 
+    def library_lora(self, family: str):
+        if family not in self._library_loras:
+            self._library_loras[family] = import_peft(
+                self.library() / family, expect_fingerprint=self.svd_cache.fingerprint)
+        return self._library_loras[family]
+
+    def nearest_family(self, description: str) -> str:
+        """The training family whose training description is closest to `description` in the
+        encoder's space (cosine): what a retrieval baseline answers with."""
+        names, index = self._description_index
+        return names[int((index @ self.encoder.encode([description])[0]).argmax())]
+
+    @cached_property
+    def _description_index(self) -> tuple[list[str], torch.Tensor]:
+        pairs = [(t, d) for t in self.cfg.training_tasks() for d in get_task(t).descriptions]
+        return [t for t, _ in pairs], self.encoder.encode([d for _, d in pairs])
+
     # --- scoring
     def adapters(self, method: str, seed: int, task: str) -> tuple[list, list[str | None]]:
         """Per description of `task`: the adapter (LoRA, expert or None) and the system turn."""
@@ -199,6 +218,10 @@ class T2LTable:
             return none, none
         if method == "base+desc":
             return none, list(descriptions)
+        if method == "base+tag":  # the latent skill's ceiling: the cell's pretraining tag
+            return none, [get_task(task).tag] * len(descriptions)
+        if method == "t2l-nearest":  # retrieval: the library LoRA of the nearest family
+            return [self.library_lora(self.nearest_family(d)) for d in descriptions], none
         if method == "mt-lora":
             return [self.lora(method, seed, task)] * len(descriptions), list(descriptions)
         if method == "task-lora":
@@ -244,6 +267,8 @@ class T2LTable:
             return 0
         if method in ("mt-lora", "task-lora"):
             return self.lora(method, 0, self.cfg.tasks[0]).num_params
+        if method == "t2l-nearest":  # one library LoRA per answer
+            return self.library_lora(self.cfg.training_tasks()[0]).num_params
         source = RANDOM_DESC_SOURCE if method == "t2l-random-desc" else method
         return count_trainable(self.checkpoint(source, 0).net)
 
