@@ -111,3 +111,8 @@ def test_retrieval_finds_a_familys_own_description_and_the_tag_row_uses_tags(tmp
     assert table.nearest_family(get_task("upper-each").descriptions[0]) in TRAIN
     adapters, systems = table.adapters("base+tag", 0, "upper-each")
     assert set(systems) == {get_task("upper-each").tag} and set(adapters) == {None}
+    _, systems = table.adapters("base+3shot", 0, "upper-each")
+    train = get_task("upper-each").examples("train", 3)
+    assert len(set(systems)) == 1 and all(e.prompt in systems[0] and e.solution in systems[0]
+                                          for e in train)
+    assert not any(e.prompt in systems[0] for e in get_task("upper-each").examples("test"))

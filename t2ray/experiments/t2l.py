@@ -60,7 +60,8 @@ from t2ray.tasks import get_task, list_tasks
 
 VARIANTS = ("L", "M", "S")
 RANDOM_DESC_SOURCE = "t2l-sft-M"
-FIXED = ("base", "base+desc", "base+tag")  # greedy on fixed weights: the same on every seed
+FIXED = ("base", "base+desc", "base+tag", "base+3shot")  # fixed weights: one score for all seeds
+SHOTS = 3  # base+3shot: demonstrations from the family's train split, in the system turn
 console = Console()
 
 
@@ -69,7 +70,7 @@ def held_out_tasks() -> list[str]:
 
 
 def all_methods() -> list[str]:
-    return ["base", "base+desc", "base+tag", "mt-lora", "task-lora", "t2l-nearest",
+    return ["base", "base+desc", "base+tag", "base+3shot", "mt-lora", "task-lora", "t2l-nearest",
             *(f"t2l-recon-{v}" for v in VARIANTS), *(f"t2l-sft-{v}" for v in VARIANTS),
             "t2svf", "t2l-random-desc"]
 
@@ -107,6 +108,11 @@ class T2LTableConfig:
         unseen = [t for t in self.training_tasks() if not get_task(t).seen]
         if unseen:
             raise ValueError(f"held-out families may not be trained on: {unseen}")
+
+
+def demonstrations(task, k: int = SHOTS) -> str:
+    """The first `k` train examples of a family as input -> output lines (a system turn)."""
+    return "\n".join(f"{e.prompt}\nOutput: {e.solution}" for e in task.examples("train", k))
 
 
 def random_description(like: str, rng: random.Random) -> str:
@@ -220,6 +226,8 @@ class T2LTable:
             return none, list(descriptions)
         if method == "base+tag":  # the latent skill's ceiling: the cell's pretraining tag
             return none, [get_task(task).tag] * len(descriptions)
+        if method == "base+3shot":  # the non-parametric alternative: demonstrations
+            return none, [demonstrations(get_task(task))] * len(descriptions)
         if method == "t2l-nearest":  # retrieval: the library LoRA of the nearest family
             return [self.library_lora(self.nearest_family(d)) for d in descriptions], none
         if method == "mt-lora":
