@@ -72,13 +72,16 @@ def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkey
 
     path, _ = tiny_random
     cfg = T2LTableConfig(model=str(path), lora_steps=2, mt_steps=2, sft_steps=2, recon_steps=2,
-                         n_test=10, threads=1, tasks=["reverse-longest", "upper-each"], train_tasks=TRAIN)
+                         n_test=10, seen_n=3, threads=1, tasks=["reverse-longest", "upper-each"],
+                         train_tasks=TRAIN)
     rows = t2l.t2l_table(cfg, tmp_path, all_methods(), [0, 1])
+    seen_rows = ["seen-mean", "seen-paraphrase-mean"]
     assert {(r.method, r.task) for r in rows} == {
-        (m, t) for m in all_methods() for t in ["reverse-longest", "upper-each", "mean"]}
+        (m, t) for m in all_methods() for t in ["reverse-longest", "upper-each", "mean"]} | {
+        (m, t) for m in t2l.described_methods() for t in seen_rows}
     for r in rows:
-        assert r.n_seeds == (1 if r.method in t2l.FIXED else 2) and r.n == 10
-        assert 0 <= r.mean <= 100
+        assert r.n_seeds == (1 if r.method in t2l.FIXED else 2)
+        assert r.n == (3 if r.task in seen_rows else 10) and 0 <= r.mean <= 100
     # The library holds one PEFT adapter per training family, the reconstruction targets.
     for task in TRAIN:
         assert LoraConfig.from_pretrained(tmp_path / "library" / task).r == cfg.rank
@@ -111,6 +114,9 @@ def test_retrieval_finds_a_familys_own_description_and_the_tag_row_uses_tags(tmp
     assert table.nearest_family(get_task("upper-each").descriptions[0]) in TRAIN
     adapters, systems = table.adapters("base+tag", 0, "upper-each")
     assert set(systems) == {get_task("upper-each").tag} and set(adapters) == {None}
+    _, systems = table.adapters("base+desc", 0, TRAIN[0], probes=True)  # the paraphrase probes
+    assert systems == get_task(TRAIN[0]).probe_descriptions and len(systems) >= 3
+    assert not set(systems) & set(get_task(TRAIN[0]).descriptions)
     _, systems = table.adapters("base+3shot", 0, "upper-each")
     train = get_task("upper-each").examples("train", 3)
     assert len(set(systems)) == 1 and all(e.prompt in systems[0] and e.solution in systems[0]

@@ -69,6 +69,11 @@ def held_out_tasks() -> list[str]:
     return [t.name for t in list_tasks("instruct") if not t.seen]
 
 
+def described_methods() -> list[str]:
+    """The methods that turn a description into an adapter (read on seen families too)."""
+    return [m for m in all_methods() if m.startswith(("t2l-recon", "t2l-sft")) or m == "t2svf"]
+
+
 def all_methods() -> list[str]:
     return ["base", "base+desc", "base+tag", "base+3shot", "mt-lora", "task-lora", "t2l-nearest",
             *(f"t2l-recon-{v}" for v in VARIANTS), *(f"t2l-sft-{v}" for v in VARIANTS),
@@ -90,6 +95,9 @@ class T2LTableConfig:
     t2l_lr: float = 1e-3
     t2svf_lr: float = 1e-3
     n_test: int | None = None  # test items per family (default: the whole split)
+    # Description-driven methods are also read on the training families: with their training
+    # descriptions (fit) and with their held-back probe descriptions (paraphrase); 0 skips it.
+    seen_n: int = 50
     threads: int = 2
     tasks: list[str] = field(default_factory=held_out_tasks)  # scored (held-out families)
     train_tasks: list[str] = field(default_factory=list)  # empty: every seen family
@@ -216,9 +224,12 @@ class T2LTable:
         return [t for t, _ in pairs], self.encoder.encode([d for _, d in pairs])
 
     # --- scoring
-    def adapters(self, method: str, seed: int, task: str) -> tuple[list, list[str | None]]:
-        """Per description of `task`: the adapter (LoRA, expert or None) and the system turn."""
-        descriptions = get_task(task).descriptions
+    def adapters(self, method: str, seed: int, task: str,
+                 probes: bool = False) -> tuple[list, list[str | None]]:
+        """Per description of `task` (its probe descriptions with `probes`): the adapter (LoRA,
+        expert or None) and the system turn."""
+        t = get_task(task)
+        descriptions = t.probe_descriptions if probes else t.descriptions
         none = [None] * len(descriptions)
         if method == "base":
             return none, none
@@ -246,19 +257,31 @@ class T2LTable:
         reused only for the same base model and test items."""
         key = {"base": self.svd_cache.fingerprint, "items": self._items_keys}
         return kept_json(self.out / "scores" / method / f"seed{seed}.json", key,
-                         lambda: self._verdicts(method, seed))
+                         lambda: self._verdicts(method, seed, self.cfg.tasks, self.cfg.n_test))
+
+    def seen_verdicts(self, method: str, seed: int, probes: bool) -> dict[str, list[bool]]:
+        """The same on the training families' first `seen_n` test items, the adapters made from
+        their training descriptions or (`probes`) from their held-back probe descriptions."""
+        tasks = self.cfg.training_tasks()
+        key = {"base": self.svd_cache.fingerprint, "probes": probes,
+               "items": {t: get_task(t).items_fingerprint("test", self.cfg.seen_n)
+                         for t in tasks}}
+        name = f"seed{seed}-seen{'-probes' if probes else ''}.json"
+        return kept_json(self.out / "scores" / method / name, key,
+                         lambda: self._verdicts(method, seed, tasks, self.cfg.seen_n, probes))
 
     @cached_property
     def _items_keys(self) -> dict[str, str]:
         """Each scored family's test items, fingerprinted once (part of every resume key)."""
         return {t: get_task(t).items_fingerprint("test", self.cfg.n_test) for t in self.cfg.tasks}
 
-    def _verdicts(self, method: str, seed: int) -> dict[str, list[bool]]:
+    def _verdicts(self, method: str, seed: int, tasks: list[str], n: int | None,
+                  probes: bool = False) -> dict[str, list[bool]]:
         found = {}
-        for task_name in self.cfg.tasks:
+        for task_name in tasks:
             task = get_task(task_name)
-            examples = task.examples("test", self.cfg.n_test)
-            adapters, systems = self.adapters(method, seed, task_name)
+            examples = task.examples("test", n)
+            adapters, systems = self.adapters(method, seed, task_name, probes)
             k = len(adapters)
             ok = [False] * len(examples)
             for j, (adapter, system) in enumerate(zip(adapters, systems)):
@@ -308,6 +331,15 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
                                   n=len(next(iter(per_seed.values()))[cfg.tasks[0]])))
         console.print(f"{method:>16}: {rows[-1].mean:.1f} +- {rows[-1].sd:.1f}% "
                       "mean over the held-out families")
+        if cfg.seen_n and method in described_methods():
+            for label, probes in (("seen-mean", False), ("seen-paraphrase-mean", True)):
+                found = {s: table.seen_verdicts(method, s, probes) for s in seeds}
+                entries += [verdict_entry(f"{t} [{label}]", method, "test", v[t], s)
+                            for s, v in found.items() for t in v]
+                m, sd = mean_sd([100 * sum(sum(x) / len(x) for x in v.values()) / len(v)
+                                 for v in found.values()])
+                rows.append(ResultRow(table_name, label, method, round(m, 2), round(sd, 2),
+                                      len(found), params, command, n=cfg.seen_n))
     text = summary_table(rows) + "\n" + pivot_table(rows)
     (out / "table.md").write_text(text)
     (out / "rows.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1))
