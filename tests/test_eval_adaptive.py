@@ -89,6 +89,31 @@ def test_lora_strategy_scores_the_family_adapter(tiny_model, tmp_path):
     assert by_method["lora-rl"] != by_method["base"]
 
 
+def test_the_oracle_expert_is_chosen_on_validation_and_scored_on_test(tiny_random, library,
+                                                                       monkeypatch):
+    """The expert (or the base) with the best validation accuracy, ties to the base; its test
+    score is that adapter's plain score."""
+    import t2ray.experiments.unseen as unseen
+    from t2ray.adapt.router import BASE
+    from t2ray.models import load_model
+
+    monkeypatch.setattr(unseen, "ORACLE_VAL_N", 20)
+    path, cache = tiny_random
+    engine = HFEngine(*load_model(path), svd_cache=cache)
+    lib, task = library_for_seed(library, 0), get_task("reasoning")
+    chosen, adapter = unseen.oracle_expert(engine, lib, task, cache.fingerprint)
+    val = {}
+    for name in (BASE, *unseen.EXPERT_CATEGORIES):
+        with engine.adapted(None if name == BASE else lib.get(name)):
+            val[name] = evaluate_task(engine, task, "validation", 20).accuracy
+    best = max(val.values())
+    assert chosen == next(n for n in val if val[n] == best)  # ties: the base, then in order
+    score = unseen.evaluate_strategy(engine, cache, lib, "reasoning", "oracle-expert", 0, 6)
+    with engine.adapted(adapter):
+        assert score.accuracy == evaluate_task(engine, task, "test", 6).accuracy
+    assert score.chosen == chosen
+
+
 def test_unknown_strategy_is_refused(tiny_random, library, tmp_path):
     path, cache = tiny_random
     with pytest.raises(ValueError, match="unknown strategies"):

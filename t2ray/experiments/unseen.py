@@ -23,7 +23,7 @@ from rich.console import Console
 
 from t2ray.adapt.fewshot import FewShotConfig, alpha_mixture, search_mixture, start_scorers
 from t2ray.adapt.profile import FewShotProfile
-from t2ray.adapt.router import Router
+from t2ray.adapt.router import BASE, Router
 from t2ray.adapt.two_pass import TwoPass
 from t2ray.engines.base import Engine
 from t2ray.engines.factory import build_engine
@@ -36,9 +36,11 @@ from t2ray.svf.expert import ExpertLibrary, ExpertVector
 from t2ray.tasks import get_task
 from t2ray.tasks.rewards import CORRECT, RewardCache
 
-STRATEGIES = ("none", "expert", "lora", "prompt", "classifier", "fewshot")
-METHOD_NAMES = {"none": "base", "expert": "svf-rl", "lora": "lora-rl", "prompt": "prompt",
-                "classifier": "classifier", "fewshot": "fewshot"}
+STRATEGIES = ("none", "expert", "oracle-expert", "lora", "prompt", "classifier", "fewshot")
+METHOD_NAMES = {"none": "base", "expert": "svf-rl", "oracle-expert": "oracle-expert",
+                "lora": "lora-rl", "prompt": "prompt", "classifier": "classifier",
+                "fewshot": "fewshot"}
+ORACLE_VAL_N = 200  # validation items that choose the oracle expert
 EXPERT_CATEGORIES = ("math", "code", "reasoning")
 CLASSIFIER = "route"
 console = Console()
@@ -54,6 +56,7 @@ class StrategyScore:
     first_pass_share: float | None = None
     routed: dict[str, int] = field(default_factory=dict)
     alpha: list[float] | None = None
+    chosen: str | None = None  # oracle-expert: the expert (or `other`, the base) validation chose
     router_threshold: float | None = None  # prompt / classifier: chosen on route validation
     router_val_accuracy: float | None = None
 
@@ -82,9 +85,11 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
     max_new = max_new_tokens_for(task, engine)
     fp = cache.fingerprint
     score = StrategyScore(task_name, strategy, seed, 0.0, len(examples))
-    if strategy in ("none", "expert", "lora", "fewshot"):
+    if strategy in ("none", "expert", "oracle-expert", "lora", "fewshot"):
         adapter = None
-        if strategy == "lora":
+        if strategy == "oracle-expert":
+            score.chosen, adapter = oracle_expert(engine, lib, task, fp, verify)
+        elif strategy == "lora":
             adapter = import_peft(lib.root / "lora" / task.family, expect_fingerprint=fp)
         elif strategy == "expert":
             adapter = lib.get(task.family, expect_fingerprint=fp)
@@ -109,6 +114,26 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
     score.first_pass_share = result.first_pass_share
     score.routed = result.group_sizes
     return score
+
+
+def oracle_expert(engine: Engine, lib: ExpertLibrary, task, fingerprint: str,
+                  verify: RewardCache | None = None) -> tuple[str, ExpertVector | None]:
+    """The single expert, or the base (`other`), with the best accuracy on the family's first
+    `ORACLE_VAL_N` validation items (ties to the base, then in category order): what routing
+    could reach at best, chosen without the test split."""
+    examples = task.examples("validation", ORACLE_VAL_N)
+    max_new = max_new_tokens_for(task, engine)
+    candidates = {BASE: None, **{c: lib.get(c, expect_fingerprint=fingerprint)
+                                 for c in EXPERT_CATEGORIES}}
+
+    def accuracy(adapter) -> float:
+        with engine.adapted(adapter):
+            outs = engine.generate([e.prompt for e in examples], max_new_tokens=max_new)
+        return _score(task, examples, [o.text for o in outs], verify)
+
+    scored = [(accuracy(a), -i, name) for i, (name, a) in enumerate(candidates.items())]
+    name = max(scored)[2]
+    return name, candidates[name]
 
 
 def library_fingerprint(lib: ExpertLibrary) -> str:
