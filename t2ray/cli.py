@@ -412,7 +412,8 @@ def eval_strategies(
     model: str = typer.Option("tiny"),
     tasks: str = typer.Option("math-hard,code-hard,reasoning-hard"),
     strategy: str = typer.Option("none,prompt,classifier,fewshot",
-                                 help="Comma list of none|expert|oracle-expert|lora|prompt|classifier|fewshot."),
+                                 help="Comma list of none|expert|oracle-expert|lora|prompt|"
+                                 "classifier|fewshot."),
     seeds: int = typer.Option(1, help="Seeds 0..N-1 (expert libraries and CEM seeds)."),
     n_test: Optional[int] = typer.Option(None, help="Test items per task (default: all)."),
     shots: int = typer.Option(20, help="Validation items CEM scores each member on."),

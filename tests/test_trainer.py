@@ -69,7 +69,7 @@ def test_selection_keeps_the_first_strictly_best_candidate(tmp_path):
 
     sel = Selection(tmp_path / "selection.pt", base_val_accuracy=0.3)
     for acc, step in ((0.3, 0), (0.2, 10), (0.5, 20), (0.5, 30), (0.4, 40)):
-        sel.offer(acc, step, lambda step=step: {"z": torch.full((2,), float(step))}, write=True)
+        sel.offer(acc, step, {"z": torch.full((2,), float(step))}, write=True)
     assert (sel.step, sel.val_accuracy) == (20, 0.5)  # a tie never replaces the incumbent
     again = Selection.load(tmp_path / "selection.pt")  # what a restarted worker reads
     assert again.summary() == sel.summary() and torch.equal(again.state["z"], sel.state["z"])

@@ -10,7 +10,9 @@ the same W'x, at the price of two extra thin matmuls per layer.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch.func import functional_call
@@ -32,15 +34,34 @@ def _param_key(name: str) -> str:
     return name.replace(".", "__")
 
 
+@contextmanager
+def _whole(params: list[torch.nn.Parameter], modify: bool) -> Iterator[None]:
+    """ZeRO-3 partitions parameters (until a forward gathers them): read or write them whole.
+    Collective under ZeRO-3: every rank must call it; a no-op otherwise."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if modify else None):
+        yield
+
+
+def _trainable(policy: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in policy.parameters() if p.requires_grad]
+
+
 def trainable_copy(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of a policy's trainable tensors: one candidate a run may ship."""
-    return {n: t.detach().cpu().clone() for n, t in trainable_state(policy).items()}
+    with _whole(_trainable(policy), modify=False):
+        return {n: t.detach().cpu().clone() for n, t in trainable_state(policy).items()}
 
 
 def load_trainable(policy: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Write a candidate (from `trainable_copy` or `identity_state`) into the policy."""
     params = dict(policy.named_parameters())
-    with torch.no_grad():
+    with _whole(_trainable(policy), modify=True), torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
 
@@ -111,8 +132,11 @@ class SVFPolicy(torch.nn.Module):
     def base_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def expert(self, task: str | None = None, metrics: dict | None = None) -> ExpertVector:
-        z = {n: self.z[_param_key(n)].detach().float().cpu().clone() for n in self.names}
+    def expert(self, task: str | None = None, metrics: dict | None = None,
+               state: dict[str, torch.Tensor] | None = None) -> ExpertVector:
+        """The current z, or a candidate's (`state`, from `trainable_copy`)."""
+        z = {n: (state[f"z.{_param_key(n)}"] if state is not None else self.z[_param_key(n)])
+             .detach().float().cpu().clone() for n in self.names}
         e = ExpertVector.for_cache(self.cache, z, self.param, task=task)
         e.metrics = metrics or {}
         return e
@@ -121,8 +145,9 @@ class SVFPolicy(torch.nn.Module):
         """What an engine needs to follow this policy: z only."""
         return self.expert()
 
-    def save(self, out: Path, task: str, metrics: dict, base_model: str) -> Path:
-        return self.expert(task=task, metrics=metrics).save(out / "expert")
+    def save(self, out: Path, task: str, metrics: dict, base_model: str,
+             state: dict[str, torch.Tensor] | None = None) -> Path:
+        return self.expert(task=task, metrics=metrics, state=state).save(out / "expert")
 
 
 class LoraPolicy(torch.nn.Module):
@@ -147,10 +172,12 @@ class LoraPolicy(torch.nn.Module):
         return {f"b.{_param_key(n)}": torch.zeros_like(self.b[_param_key(n)].detach().cpu())
                 for n in self.names}
 
-    def lora(self) -> LoraWeights:
-        return LoraWeights({n: self.a[_param_key(n)] for n in self.names},
-                           {n: self.b[_param_key(n)] for n in self.names},
-                           self.rank, self.alpha, self.use_rslora, tuple(self.targets))
+    def lora(self, state: dict[str, torch.Tensor] | None = None) -> LoraWeights:
+        """The current A and B, or a candidate's (`state`, from `trainable_copy`)."""
+        a, b = ({n: state[f"{ab}.{_param_key(n)}"] for n in self.names} if state is not None
+                else {n: getattr(self, ab)[_param_key(n)] for n in self.names}
+                for ab in ("a", "b"))
+        return LoraWeights(a, b, self.rank, self.alpha, self.use_rslora, tuple(self.targets))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         with batched_lora(self.model, [self.lora()] * input_ids.shape[0]):
@@ -163,7 +190,8 @@ class LoraPolicy(torch.nn.Module):
     def adapter(self) -> LoraWeights:
         return self.lora()
 
-    def save(self, out: Path, task: str, metrics: dict, base_model: str) -> Path:
-        """The LoRA as a PEFT adapter directory (`<out>/lora`)."""
-        return export_peft(self.lora(), out / "lora", base_model=base_model,
+    def save(self, out: Path, task: str, metrics: dict, base_model: str,
+             state: dict[str, torch.Tensor] | None = None) -> Path:
+        """The LoRA (or a candidate's, `state`) as a PEFT adapter directory (`<out>/lora`)."""
+        return export_peft(self.lora(state), out / "lora", base_model=base_model,
                            base_fingerprint=weights_fingerprint(self.model))

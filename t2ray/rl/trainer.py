@@ -141,11 +141,11 @@ class Selection:
     step: int = -1
     state: dict[str, torch.Tensor] | None = None
 
-    def offer(self, val_accuracy: float, step: int, state: Callable[[], dict],
+    def offer(self, val_accuracy: float, step: int, state: dict[str, torch.Tensor],
               write: bool) -> None:
         if val_accuracy <= self.val_accuracy:
             return
-        self.val_accuracy, self.step, self.state = val_accuracy, step, state()
+        self.val_accuracy, self.step, self.state = val_accuracy, step, state
         if write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(self.summary() | {"state": self.state}, self.path)
@@ -401,12 +401,13 @@ def build(cfg: TrainConfig) -> Trainable:
         identity = trained | policy.identity_state()
         load_trainable(policy, identity)
         selection = Selection(selection_path, base_val_accuracy=val_accuracy())
-        selection.offer(selection.base_val_accuracy, 0, lambda: identity, write=rank == 0)
+        selection.offer(selection.base_val_accuracy, 0, identity, write=rank == 0)
         load_trainable(policy, trained)
 
     def validate() -> dict:
         acc = val_accuracy()
-        selection.offer(acc, sched.last_epoch, lambda: trainable_copy(policy), write=rank == 0)
+        # copied on every rank at every validation: under ZeRO-3 reading z is collective
+        selection.offer(acc, sched.last_epoch, trainable_copy(policy), write=rank == 0)
         return {"val_accuracy": acc, "best_val_accuracy": selection.val_accuracy,
                 "best_step": selection.step}
 
@@ -416,10 +417,9 @@ def build(cfg: TrainConfig) -> Trainable:
         save_history(history, out, "reward_curve.png",
                      "reward_mean" if cfg.objective == "rl" else "loss",
                      f"{cfg.policy}-{cfg.objective} on {cfg.task}")
-        load_trainable(policy, selection.state)
         final = {k: v for k, v in history[-1].items() if k in ("reward_mean", "step")}
         policy.save(out, cfg.task, {**final, "val_accuracy": selection.val_accuracy,
-                                    **selection.summary()}, cfg.model)
+                                    **selection.summary()}, cfg.model, state=selection.state)
 
     step_fn = rl_step if cfg.objective == "rl" else sft_step
     return Trainable(policy, opt, sched, step_fn, validate, ds_engine, save, rollouts.close)
