@@ -422,6 +422,8 @@ def eval_strategies(
     generations: int = typer.Option(10),
     population: int = typer.Option(32), concurrency: int = typer.Option(2),
     per_matrix: bool = typer.Option(False, help="One alpha per expert x matrix."),
+    mix_space: str = typer.Option("z", help="z (sigmoid of the mixed z) or mask (the "
+                                  "reference's linear mix of the multipliers)."),
     searcher: str = typer.Option("cem", help="cem, optuna-cmaes or nevergrad."),
     engine: str = typer.Option("hf", help="hf or vllm: the second pass and the few-shot "
                                "members' engines."),
@@ -439,7 +441,7 @@ def eval_strategies(
     fewshot = FewShotConfig(shots=shots, select=select, generations=generations,
                             population=population,
                             concurrency=concurrency, per_matrix=per_matrix, searcher=searcher,
-                            engine=engine)
+                            engine=engine, mix_space=mix_space)
     cache = decompose_model(model, "mlp")
     if "fewshot" in _split_names(strategy) or engine == "vllm":
         ensure_ray(num_cpus=max(2, concurrency))
@@ -585,6 +587,8 @@ def results_unseen(
     population: int = typer.Option(32), generations: int = typer.Option(10),
     concurrency: int = typer.Option(2),
     per_matrix: bool = typer.Option(False, help="One alpha per expert x matrix."),
+    mix_space: str = typer.Option("z", help="z (sigmoid of the mixed z) or mask (the "
+                                  "reference's linear mix of the multipliers)."),
     searcher: str = typer.Option("cem", help="cem, optuna-cmaes or nevergrad."),
     out: Path = typer.Option(Path("runs/unseen"), help="Route experts and libraries."),
     tables: Optional[Path] = typer.Option(None, help="Scores, tables, plots (default: --out)."),
@@ -595,7 +599,8 @@ def results_unseen(
     from t2ray.experiments.unseen import unseen_table
 
     fewshot = FewShotConfig(population=population, generations=generations,
-                            concurrency=concurrency, per_matrix=per_matrix, searcher=searcher)
+                            concurrency=concurrency, per_matrix=per_matrix, searcher=searcher,
+                            mix_space=mix_space)
     unseen_table(config, seen, out, model, _int_list(seeds), _split_names(strategies), n_test,
                  fewshot, tables, results)
 

@@ -78,6 +78,14 @@ def test_profile_round_trip_mixture_and_refusal(tmp_path, fingerprint):
         loaded.mixture({"math": experts["math"]})
     with pytest.raises(ValueError, match="does not weigh"):
         FewShotProfile("t", (1.0, 2.0), ("math", "code", "reasoning"), fingerprint)
+    # a profile found in mask space keeps its space and mixes in it
+    masked = FewShotProfile("math-hard", (0.5, 0.2, 0.1), ("math", "code", "reasoning"),
+                            fingerprint, mix_space="mask")
+    masked.save(tmp_path / "m")
+    got = FewShotProfile.load(tmp_path / "m").mixture(experts)
+    want = alpha_mixture(list(experts.values()), [0.5, 0.2, 0.1], "mask")
+    assert all(torch.equal(got.z[n], want.z[n]) for n in want.z)
+    assert not all(torch.equal(got.z[n], loaded.mixture(experts).z[n]) for n in want.z)
 
 
 def test_run_eval_writes_a_profile_per_fewshot_score(tmp_path, monkeypatch, fingerprint):

@@ -165,6 +165,35 @@ def test_mix_weights_per_expert_and_per_matrix(setup):
         mix([e1, random_expert(cache, SVFParam("reference"), 3)], torch.ones(2))
 
 
+def test_mask_space_mix_is_the_references_linear_mix_of_multipliers_in_float64(setup):
+    """W' of the mask-space mixture = U diag(sigma * m) V^T * sum(sigma) / sum(sigma * m) with
+    m = sum_k alpha_k sigmoid(z_k) * max_mult, computed directly in float64."""
+    _, cache, _ = setup
+    param = SVFParam("reference", max_mult=2.0)
+    experts = [random_expert(cache, param, seed) for seed in (5, 6)]
+    alpha = torch.tensor([0.3, 0.5])
+    mixed = mix(experts, alpha, space="mask")
+    for name in list(cache.matrices)[:3]:
+        u, s, vh = (t.double() for t in cache.factors(name))
+        m = sum(a * torch.sigmoid(e.z[name].double()) * 2.0 for a, e in zip(alpha.double(),
+                                                                           experts))
+        expected = (u * (s * m * s.sum() / (s * m).sum())) @ vh
+        got = (u * param.scales(mixed.z[name].double(), s)) @ vh
+        assert rel_err(got, expected) < 1e-5
+    # one-hot alpha gives the expert back in either space; alpha = 0 keeps the base in mask space
+    one = mix(experts, torch.tensor([1.0, 0.0]), space="mask")
+    name = next(iter(cache.matrices))
+    u, s, vh = (t.double() for t in cache.factors(name))
+    assert rel_err((u * param.scales(one.z[name].double(), s)) @ vh,
+                   (u * param.scales(experts[0].z[name].double(), s)) @ vh) < 1e-5
+    base = mix(experts, torch.zeros(2), space="mask")
+    assert all(torch.equal(z, param.identity(len(z))) for z in base.z.values())
+    with pytest.raises(ValueError, match="alpha >= 0"):
+        mix(experts, torch.tensor([-0.1, 1.0]), space="mask")
+    with pytest.raises(ValueError, match="mixing space"):
+        mix(experts, alpha, space="logits")
+
+
 def test_expert_files_and_checks(setup, tmp_path):
     _, cache, _ = setup
     expert = random_expert(cache, SVFParam("reference"), seed=4)

@@ -32,7 +32,7 @@ from t2ray.engines.base import Engine
 from t2ray.engines.factory import build_engine
 from t2ray.eval.harness import max_new_tokens_for
 from t2ray.svf.cache import SVDCache
-from t2ray.svf.expert import ExpertVector, mix
+from t2ray.svf.expert import MIX_SPACES, ExpertVector, mix
 from t2ray.tasks import get_task
 from t2ray.tasks.rewards import CORRECT, RewardCache
 
@@ -49,10 +49,13 @@ class FewShotConfig:
     concurrency: int = 2  # engine actors = trials running at once
     threads_per_trial: int = 1
     searcher: str = "cem"
+    mix_space: str = "z"  # z or mask (`t2ray.svf.expert.mix`): how alpha mixes the experts
     engine: str = "hf"  # what each engine actor holds: an HF model or a vLLM engine
     seed: int = 0
 
     def __post_init__(self):
+        if self.mix_space not in MIX_SPACES:
+            raise ValueError(f"mix_space must be one of {MIX_SPACES}, not {self.mix_space!r}")
         if self.searcher not in SEARCHERS:
             raise ValueError(f"searcher must be one of {SEARCHERS}, not {self.searcher!r}")
         if self.shots < 1 or self.concurrency < 1:
@@ -65,10 +68,11 @@ def scalar_fitness(accuracy: float, loglik: float) -> float:
     return accuracy + 1e-3 * math.exp(loglik)
 
 
-def alpha_mixture(experts: list[ExpertVector], alpha: list[float]) -> ExpertVector:
+def alpha_mixture(experts: list[ExpertVector], alpha: list[float],
+                  space: str = "z") -> ExpertVector:
     """The mixture for a flat alpha: K weights (per expert) or K x matrices (per matrix)."""
     a = torch.tensor(alpha, dtype=torch.float32)
-    return mix(experts, a if a.numel() == len(experts) else a.view(len(experts), -1))
+    return mix(experts, a if a.numel() == len(experts) else a.view(len(experts), -1), space)
 
 
 class ShotScorer:
@@ -89,8 +93,10 @@ class ShotScorer:
                    [ExpertVector.load(d, expect_fingerprint=cache.fingerprint)
                     for d in expert_dirs])
 
-    def set_task(self, task: str, shots: int, select: int) -> None:
-        """Score on this task from now on (the actor, and its model copy, serve many searches)."""
+    def set_task(self, task: str, shots: int, select: int, mix_space: str = "z") -> None:
+        """Score on this task, mixing in `mix_space`, from now on (the actor, and its model copy,
+        serve many searches)."""
+        self.mix_space = mix_space
         self.task = get_task(task)
         examples = self.task.examples("validation", shots + select)
         self.sets = {"shots": examples[:shots], "selection": examples[shots:]}
@@ -101,7 +107,7 @@ class ShotScorer:
     def score(self, alpha: list[float], on: str = "shots") -> dict:
         t0 = time.perf_counter()
         examples = self.sets[on]
-        with self.engine.adapted(alpha_mixture(self.experts, alpha)) as eng:
+        with self.engine.adapted(alpha_mixture(self.experts, alpha, self.mix_space)) as eng:
             outs = eng.generate([e.prompt for e in examples], max_new_tokens=self.max_new_tokens)
             per_token = eng.score([e.prompt for e in examples], [e.solution for e in examples],
                                   per_token=True)
@@ -210,7 +216,7 @@ def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str
     actors = start_scorers(model, svd_cache, expert_dirs, cfg) if own else scorers
     if len(actors) < cfg.concurrency:
         raise ValueError(f"{len(actors)} scorers for {cfg.concurrency} concurrent trials")
-    ray.get([a.set_task.remote(task, cfg.shots, cfg.select) for a in actors])
+    ray.get([a.set_task.remote(task, cfg.shots, cfg.select, cfg.mix_space) for a in actors])
     n_matrices = len(ExpertVector.load(expert_dirs[0]).z)
     dim = len(expert_dirs) * (n_matrices if cfg.per_matrix else 1)
     pool = Queue(actor_options={"num_cpus": 0})

@@ -19,8 +19,8 @@ class EngineActor:
 
         self.scorer = ShotScorer.load(*args)
 
-    def set_task(self, task: str, shots: int, select: int) -> None:
-        self.scorer.set_task(task, shots, select)
+    def set_task(self, task: str, shots: int, select: int, mix_space: str = "z") -> None:
+        self.scorer.set_task(task, shots, select, mix_space)
 
     def score(self, alpha: list[float], on: str = "shots") -> dict:
         return self.scorer.score(alpha, on)

@@ -26,6 +26,7 @@ class FewShotProfile:
     alpha: tuple[float, ...]  # K weights, or K x matrices (per-matrix search), flat
     experts: tuple[str, ...]  # the library experts alpha weighs, in its order
     base_fingerprint: str
+    mix_space: str = "z"  # how alpha mixes the experts (`t2ray.svf.expert.mix`)
 
     def __post_init__(self):
         if not self.experts or len(self.alpha) % len(self.experts):
@@ -37,13 +38,14 @@ class FewShotProfile:
         path.mkdir(parents=True, exist_ok=True)
         write_manifest(path, FEWSHOT_PROFILE, base_fingerprint=self.base_fingerprint,
                        modules={}, task=self.task, alpha=list(self.alpha),
-                       experts=list(self.experts))
+                       experts=list(self.experts), mix_space=self.mix_space)
         return path
 
     @classmethod
     def load(cls, path: str | Path, expect_fingerprint: str | None = None) -> "FewShotProfile":
         m = read_manifest(path, FEWSHOT_PROFILE, expect_fingerprint=expect_fingerprint)
-        return cls(m["task"], tuple(m["alpha"]), tuple(m["experts"]), m["base_fingerprint"])
+        return cls(m["task"], tuple(m["alpha"]), tuple(m["experts"]), m["base_fingerprint"],
+                   m.get("mix_space", "z"))
 
     def mixture(self, experts: dict[str, ExpertVector]) -> ExpertVector:
         """The mixed expert: the named experts weighed by alpha (`alpha_mixture`)."""
@@ -51,7 +53,7 @@ class FewShotProfile:
         if missing:
             raise KeyError(f"profile for {self.task!r} mixes experts {missing} that the library "
                            f"does not hold (it has {sorted(experts)})")
-        return alpha_mixture([experts[n] for n in self.experts], list(self.alpha))
+        return alpha_mixture([experts[n] for n in self.experts], list(self.alpha), self.mix_space)
 
 
 def profile_names(root: str | Path) -> list[str]:

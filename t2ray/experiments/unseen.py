@@ -95,11 +95,12 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
             adapter = lib.get(task.family, expect_fingerprint=fp)
         elif strategy == "fewshot":
             dirs = [lib.root / c for c in EXPERT_CATEGORIES]
-            found = search_mixture(model, str(cache.root), dirs, task_name,
-                                   fewshot or FewShotConfig(seed=seed), storage, scorers)
+            fewshot = fewshot or FewShotConfig(seed=seed)
+            found = search_mixture(model, str(cache.root), dirs, task_name, fewshot, storage,
+                                   scorers)
             score.alpha = found.alpha
             adapter = alpha_mixture([lib.get(c, expect_fingerprint=fp)
-                                     for c in EXPERT_CATEGORIES], found.alpha)
+                                     for c in EXPERT_CATEGORIES], found.alpha, fewshot.mix_space)
         with engine.adapted(adapter):
             outs = engine.generate(questions, max_new_tokens=max_new)
         score.accuracy = _score(task, examples, [o.text for o in outs], verify)
@@ -199,7 +200,7 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                     scores.append(s)
                     if s.alpha:  # the stored form a server mixes with (`fewshot:<profile>`)
                         FewShotProfile(task_name, tuple(s.alpha), EXPERT_CATEGORIES,
-                                       cache.fingerprint).save(
+                                       cache.fingerprint, fs.mix_space).save(
                             out / "profiles" / f"{task_name}-seed{seed}")
                     console.print(f"seed {seed} {task_name:>15} {strategy:>10}: "
                                   f"{100 * s.accuracy:.1f}% ({time.perf_counter() - t0:.0f} s)")
@@ -220,12 +221,14 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
 
 
 def method_name(strategy: str, fewshot: FewShotConfig) -> str:
-    """The results.json method: few-shot variants other than CEM over one alpha per expert are
-    named apart (`fewshot-per-matrix`, `fewshot-nevergrad`, ...), so their rows never merge."""
+    """The results.json method: few-shot variants other than CEM over one alpha per expert in z
+    space are named apart (`fewshot-per-matrix`, `fewshot-nevergrad`, `fewshot-mask`, ...), so
+    their rows never merge."""
     name = METHOD_NAMES[strategy]
     if strategy == "fewshot":
         name += "-per-matrix" * fewshot.per_matrix
         name += f"-{fewshot.searcher}" * (fewshot.searcher != "cem")
+        name += "-mask" * (fewshot.mix_space == "mask")
     return name
 
 

@@ -133,12 +133,25 @@ def check_ranks(got: dict[str, int], want: dict[str, int], what: str) -> None:
             f"length (expert, model) {dict(list(bad.items())[:3])}")
 
 
-def mix(experts: Iterable[ExpertVector], alpha: torch.Tensor) -> ExpertVector:
-    """z_mix = sum_k alpha_k z_k, in z space (as trained).
+MIX_SPACES = ("z", "mask")
+
+
+def mix(experts: Iterable[ExpertVector], alpha: torch.Tensor, space: str = "z") -> ExpertVector:
+    """A weighted mixture of experts, in one of two named spaces:
+
+    - `z`: z_mix = sum_k alpha_k z_k (as trained; a one-hot alpha gives that expert exactly).
+    - `mask` (the reference implementation's): the singular-value multipliers mix linearly,
+      m_mix = sum_k alpha_k m_k with m_k = sigmoid(z_k) * max_mult. The reference
+      parameterisation rescales sigma' to keep sum(sigma) per matrix, so W' depends on m only up
+      to a positive factor: the mixture is stored as z = logit(m_mix / (2 max(m_mix))), exact. A
+      matrix whose m_mix is all zero (alpha = 0) keeps the base weights. For the linear
+      parameterisation the two spaces coincide.
 
     `alpha` is (K,) for one weight per expert or (K, M) for one per expert and matrix, with the
     matrices in the sorted order of the experts' keys.
     """
+    if space not in MIX_SPACES:
+        raise ValueError(f"mixing space must be one of {MIX_SPACES}, not {space!r}")
     experts = list(experts)
     if not experts:
         raise ValueError("mix() needs at least one expert")
@@ -154,11 +167,25 @@ def mix(experts: Iterable[ExpertVector], alpha: torch.Tensor) -> ExpertVector:
     if alpha.shape != (len(experts), len(names)):
         raise ValueError(f"alpha has shape {tuple(alpha.shape)}; expected ({len(experts)},) or "
                          f"({len(experts)}, {len(names)})")
-    z = {n: sum(alpha[k, j] * experts[k].z[n] for k in range(len(experts)))
-         for j, n in enumerate(names)}
+    if space == "mask" and (alpha < 0).any():
+        raise ValueError("mask-space mixing needs alpha >= 0 (multipliers stay positive)")
+    if space == "mask" and first.param.kind == "reference":
+        z = {n: _mask_mix([e.z[n] for e in experts], alpha[:, j], first.param)
+             for j, n in enumerate(names)}
+    else:
+        z = {n: sum(alpha[k, j] * experts[k].z[n] for k in range(len(experts)))
+             for j, n in enumerate(names)}
     return ExpertVector(z=z, param=first.param, base_fingerprint=first.base_fingerprint,
                         targets=first.targets, task="mix",
                         metrics={"mixed_from": [e.task for e in experts]}, shapes=first.shapes)
+
+
+def _mask_mix(zs: list[torch.Tensor], alpha: torch.Tensor, param: SVFParam) -> torch.Tensor:
+    m = sum(a * torch.sigmoid(z.float()) * param.max_mult for a, z in zip(alpha, zs))
+    top = m.max()
+    if top <= 0:
+        return param.identity(m.numel())
+    return torch.logit(0.5 * m / top)
 
 
 class ExpertLibrary:
