@@ -422,6 +422,7 @@ def eval_strategies(
     generations: int = typer.Option(10),
     population: int = typer.Option(32), concurrency: int = typer.Option(2),
     per_matrix: bool = typer.Option(False, help="One alpha per expert x matrix."),
+    per_layer: bool = typer.Option(False, help="One alpha per expert x decoder layer."),
     mix_space: str = typer.Option("z", help="z (sigmoid of the mixed z) or mask (the "
                                   "reference's linear mix of the multipliers)."),
     searcher: str = typer.Option("cem", help="cem, optuna-cmaes or nevergrad."),
@@ -440,7 +441,8 @@ def eval_strategies(
 
     fewshot = FewShotConfig(shots=shots, select=select, generations=generations,
                             population=population,
-                            concurrency=concurrency, per_matrix=per_matrix, searcher=searcher,
+                            concurrency=concurrency, per_matrix=per_matrix, per_layer=per_layer,
+                            searcher=searcher,
                             engine=engine, mix_space=mix_space)
     cache = decompose_model(model, "mlp")
     if "fewshot" in _split_names(strategy) or engine == "vllm":
@@ -587,6 +589,7 @@ def results_unseen(
     population: int = typer.Option(32), generations: int = typer.Option(10),
     concurrency: int = typer.Option(2),
     per_matrix: bool = typer.Option(False, help="One alpha per expert x matrix."),
+    per_layer: bool = typer.Option(False, help="One alpha per expert x decoder layer."),
     mix_space: str = typer.Option("z", help="z (sigmoid of the mixed z) or mask (the "
                                   "reference's linear mix of the multipliers)."),
     searcher: str = typer.Option("cem", help="cem, optuna-cmaes or nevergrad."),
@@ -599,7 +602,8 @@ def results_unseen(
     from t2ray.experiments.unseen import unseen_table
 
     fewshot = FewShotConfig(population=population, generations=generations,
-                            concurrency=concurrency, per_matrix=per_matrix, searcher=searcher,
+                            concurrency=concurrency, per_matrix=per_matrix, per_layer=per_layer,
+                            searcher=searcher,
                             mix_space=mix_space)
     unseen_table(config, seen, out, model, _int_list(seeds), _split_names(strategies), n_test,
                  fewshot, tables, results)

@@ -58,6 +58,25 @@ def test_scorer_scores_the_mixture_it_is_given(tiny_random, experts, monkeypatch
     assert again["accuracy"] == result["accuracy"] and calls == []
 
 
+def test_per_layer_alpha_weighs_every_matrix_of_its_layer(experts):
+    """K x layers weights equal K x matrices weights with each layer's weight on its matrices."""
+    from t2ray.adapt.fewshot import layer_of_matrices
+
+    loaded = [ExpertVector.load(d) for d in experts]
+    names = sorted(loaded[0].z)
+    layers = layer_of_matrices(names)
+    assert layers == [int(n.split(".layers.")[1].split(".")[0]) for n in names]
+    n_layers = max(layers) + 1
+    per_layer = torch.rand(3, n_layers)
+    want = mix(loaded, per_layer[:, layers])
+    got = alpha_mixture(loaded, per_layer.flatten().tolist())
+    assert all(torch.equal(got.z[n], want.z[n]) for n in names)
+    with pytest.raises(ValueError, match="fits neither"):
+        alpha_mixture(loaded, [0.5] * (3 * n_layers + 1))
+    with pytest.raises(ValueError, match="per_matrix or per_layer"):
+        FewShotConfig(per_matrix=True, per_layer=True)
+
+
 def test_scalar_fitness_keeps_accuracy_first():
     assert scalar_fitness(0.2, 0.0) < scalar_fitness(0.3, -50.0)
     assert scalar_fitness(0.2, -2.0) < scalar_fitness(0.2, -1.0)
@@ -84,6 +103,22 @@ def test_cem_search_on_tune_runs_every_member_and_selects_on_held_out_items(
     assert not list(tmp_path.rglob("progress.csv")) and not list(tmp_path.rglob("events.out*"))
     assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
     json.dumps(result.as_dict())
+
+
+@pytest.mark.slow
+def test_per_layer_search_weighs_each_expert_per_layer(local_ray, tiny_random, experts,  # noqa: F811
+                                                       tmp_path):
+    from t2ray.experiments.unseen import method_name
+
+    path, cache = tiny_random
+    cfg = FewShotConfig(shots=2, select=2, population=5, generations=1, concurrency=2,
+                        per_layer=True)
+    result = search_mixture(str(path), str(cache.root), experts, "reasoning", cfg, tmp_path)
+    n_layers = len({n.split(".layers.")[1].split(".")[0] for n in cache.ranks()})
+    assert len(result.alpha) == 3 * n_layers
+    np.testing.assert_allclose([m["alpha"] for m in result.members],
+                               anchor_members(3, 3 * n_layers))
+    assert method_name("fewshot", cfg) == "fewshot-per-layer"
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -44,6 +45,7 @@ class FewShotConfig:
     shots: int = 20
     select: int = 100  # selection-set items (validation, after the shots)
     per_matrix: bool = False  # one alpha per expert x matrix instead of per expert
+    per_layer: bool = False  # one alpha per expert x decoder layer (the reference's setting)
     population: int = 32
     generations: int = 10  # the reference runs 50
     concurrency: int = 2  # engine actors = trials running at once
@@ -54,6 +56,8 @@ class FewShotConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.per_matrix and self.per_layer:
+            raise ValueError("choose per_matrix or per_layer, not both")
         if self.mix_space not in MIX_SPACES:
             raise ValueError(f"mix_space must be one of {MIX_SPACES}, not {self.mix_space!r}")
         if self.searcher not in SEARCHERS:
@@ -68,11 +72,29 @@ def scalar_fitness(accuracy: float, loglik: float) -> float:
     return accuracy + 1e-3 * math.exp(loglik)
 
 
+def layer_of_matrices(names: list[str]) -> list[int]:
+    """Each matrix's decoder layer, numbered 0.. in layer order (`.layers.<i>.` in its name)."""
+    found = [re.search(r"\.(\d+)\.", n) for n in names]
+    if not all(found):
+        raise ValueError("per-layer alpha needs every matrix inside a numbered decoder layer")
+    index = [int(m.group(1)) for m in found]
+    order = sorted(set(index))
+    return [order.index(i) for i in index]
+
+
 def alpha_mixture(experts: list[ExpertVector], alpha: list[float],
                   space: str = "z") -> ExpertVector:
-    """The mixture for a flat alpha: K weights (per expert) or K x matrices (per matrix)."""
+    """The mixture for a flat alpha, expert-major: K weights (per expert), K x matrices (per
+    matrix, in sorted name order) or K x layers (per layer, shared by the layer's matrices)."""
     a = torch.tensor(alpha, dtype=torch.float32)
-    return mix(experts, a if a.numel() == len(experts) else a.view(len(experts), -1), space)
+    k, names = len(experts), sorted(experts[0].z)
+    if a.numel() in (k, k * len(names)):
+        return mix(experts, a if a.numel() == k else a.view(k, -1), space)
+    layers = layer_of_matrices(names)
+    if a.numel() != k * (max(layers) + 1):
+        raise ValueError(f"alpha of length {a.numel()} fits neither {k} experts nor their "
+                         f"{len(names)} matrices or {max(layers) + 1} layers")
+    return mix(experts, a.view(k, -1)[:, layers], space)
 
 
 class ShotScorer:
@@ -217,8 +239,9 @@ def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str
     if len(actors) < cfg.concurrency:
         raise ValueError(f"{len(actors)} scorers for {cfg.concurrency} concurrent trials")
     ray.get([a.set_task.remote(task, cfg.shots, cfg.select, cfg.mix_space) for a in actors])
-    n_matrices = len(ExpertVector.load(expert_dirs[0]).z)
-    dim = len(expert_dirs) * (n_matrices if cfg.per_matrix else 1)
+    names = sorted(ExpertVector.load(expert_dirs[0]).z)
+    n_layers = max(layer_of_matrices(names)) + 1 if cfg.per_layer else 1
+    dim = len(expert_dirs) * (len(names) if cfg.per_matrix else n_layers)
     pool = Queue(actor_options={"num_cpus": 0})
     for a in actors:
         pool.put(a)

@@ -222,11 +222,11 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
 
 def method_name(strategy: str, fewshot: FewShotConfig) -> str:
     """The results.json method: few-shot variants other than CEM over one alpha per expert in z
-    space are named apart (`fewshot-per-matrix`, `fewshot-nevergrad`, `fewshot-mask`, ...), so
+    space are named apart (`fewshot-per-layer`, `fewshot-nevergrad`, `fewshot-mask`, ...), so
     their rows never merge."""
     name = METHOD_NAMES[strategy]
     if strategy == "fewshot":
-        name += "-per-matrix" * fewshot.per_matrix
+        name += "-per-matrix" * fewshot.per_matrix + "-per-layer" * fewshot.per_layer
         name += f"-{fewshot.searcher}" * (fewshot.searcher != "cem")
         name += "-mask" * (fewshot.mix_space == "mask")
     return name
