@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from t2ray.engines.factory import build_engine
 from t2ray.eval.harness import max_new_tokens_for
 from t2ray.svf.cache import SVDCache
 from t2ray.svf.expert import MIX_SPACES, ExpertVector, mix
+from t2ray.svf.targets import layer_index
 from t2ray.tasks import get_task
 from t2ray.tasks.rewards import CORRECT, RewardCache
 
@@ -74,10 +74,9 @@ def scalar_fitness(accuracy: float, loglik: float) -> float:
 
 def layer_of_matrices(names: list[str]) -> list[int]:
     """Each matrix's decoder layer, numbered 0.. in layer order (`.layers.<i>.` in its name)."""
-    found = [re.search(r"\.(\d+)\.", n) for n in names]
-    if not all(found):
+    index = [layer_index(n) for n in names]
+    if None in index:
         raise ValueError("per-layer alpha needs every matrix inside a numbered decoder layer")
-    index = [int(m.group(1)) for m in found]
     order = sorted(set(index))
     return [order.index(i) for i in index]
 
@@ -274,12 +273,12 @@ def search_mixture(model: str, svd_cache: str, expert_dirs: list[str], task: str
                         "mean_accuracy": sum(m["accuracy"] for m in gen) / len(gen)})
     chosen, selection_accuracy = best, None
     if cfg.select:
+        anchors = anchor_members(len(expert_dirs), dim)
         candidates: list[dict] = []
-        for m in [*rows, *incumbents]:  # the anchors' first scores (generation 0), then the rest
-            is_anchor = any(np.allclose(m["alpha"], a)
-                            for a in anchor_members(len(expert_dirs), dim))
-            seen = any(np.allclose(m["alpha"], c["alpha"]) for c in candidates)
-            if not seen and (is_anchor or any(m is i for i in incumbents)):
+        for m in rows:  # in suggestion order: the anchors' scores come first (generation 0)
+            wanted = any(m is i for i in incumbents) or any(np.allclose(m["alpha"], a)
+                                                            for a in anchors)
+            if wanted and not any(np.allclose(m["alpha"], c["alpha"]) for c in candidates):
                 candidates.append(m)
         scored = [(ray.get(actors[0].score.remote(m["alpha"], "selection")), i, m)
                   for i, m in enumerate(candidates)]

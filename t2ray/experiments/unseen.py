@@ -71,6 +71,14 @@ def _score(task, examples, texts, verify: RewardCache | None) -> float:
     return sum(v == CORRECT for v in verdicts) / len(examples)
 
 
+def _adapted_accuracy(engine: Engine, task, examples, adapter, max_new: int,
+                      verify: RewardCache | None) -> float:
+    """Greedy accuracy on `examples` with `adapter` (None: the base weights) applied."""
+    with engine.adapted(adapter):
+        outs = engine.generate([e.prompt for e in examples], max_new_tokens=max_new)
+    return _score(task, examples, [o.text for o in outs], verify)
+
+
 def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_name: str,
                       strategy: str, seed: int, n_test: int | None,
                       fewshot: FewShotConfig | None = None, model: str | None = None,
@@ -101,9 +109,7 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
             score.alpha = found.alpha
             adapter = alpha_mixture([lib.get(c, expect_fingerprint=fp)
                                      for c in EXPERT_CATEGORIES], found.alpha, fewshot.mix_space)
-        with engine.adapted(adapter):
-            outs = engine.generate(questions, max_new_tokens=max_new)
-        score.accuracy = _score(task, examples, [o.text for o in outs], verify)
+        score.accuracy = _adapted_accuracy(engine, task, examples, adapter, max_new, verify)
         return score
     classifier = lib.get(CLASSIFIER, expect_fingerprint=fp) if strategy == "classifier" else None
     experts = {c: lib.get(c, expect_fingerprint=fp) for c in EXPERT_CATEGORIES}
@@ -126,13 +132,8 @@ def oracle_expert(engine: Engine, lib: ExpertLibrary, task, fingerprint: str,
     max_new = max_new_tokens_for(task, engine)
     candidates = {BASE: None, **{c: lib.get(c, expect_fingerprint=fingerprint)
                                  for c in EXPERT_CATEGORIES}}
-
-    def accuracy(adapter) -> float:
-        with engine.adapted(adapter):
-            outs = engine.generate([e.prompt for e in examples], max_new_tokens=max_new)
-        return _score(task, examples, [o.text for o in outs], verify)
-
-    scored = [(accuracy(a), -i, name) for i, (name, a) in enumerate(candidates.items())]
+    scored = [(_adapted_accuracy(engine, task, examples, a, max_new, verify), -i, name)
+              for i, (name, a) in enumerate(candidates.items())]
     name = max(scored)[2]
     return name, candidates[name]
 

@@ -11,7 +11,6 @@ refused.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +20,13 @@ from tqdm import tqdm
 
 from t2ray.artifacts import Format, check_fingerprint, read_manifest, write_manifest
 from t2ray.models import weights_fingerprint
-from t2ray.svf.targets import TargetMatrix, find_targets, resolve_targets, weight_of
+from t2ray.svf.targets import (
+    TargetMatrix,
+    find_targets,
+    layer_index,
+    resolve_targets,
+    weight_of,
+)
 
 SVD_CACHE = Format("t2ray.svd-cache", 1, "an SVD cache",
                    make="make one with `t2ray svf decompose --model <base>`",
@@ -55,8 +60,8 @@ def decompose_shard(weights: dict[str, torch.Tensor], threads: int = 1) -> tuple
 
 def _shard_key(name: str) -> str:
     """Group matrices by decoder layer (`...layers.12...` -> `layer-00012`)."""
-    m = re.search(r"\.(\d+)\.", name)
-    return f"layer-{int(m.group(1)):05d}" if m else "other"
+    layer = layer_index(name)
+    return "other" if layer is None else f"layer-{layer:05d}"
 
 
 class SVDCache:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,12 @@ class TargetMatrix:
     @property
     def rank(self) -> int:
         return min(self.out_features, self.in_features)
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer a module sits in (`...layers.12.mlp...` -> 12), None outside them."""
+    m = re.search(r"\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
 
 
 def weight_of(module: torch.nn.Module, transposed: bool) -> torch.Tensor:
