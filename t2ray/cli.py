@@ -357,7 +357,7 @@ def t2l_generate(
     import time
 
     from t2ray.lora.peft_io import export_peft
-    from t2ray.t2l.encoder import DescriptionEncoder, check_description
+    from t2ray.t2l.encoder import check_description, load_encoder
     from t2ray.t2l.generate import T2LCheckpoint
 
     try:
@@ -365,7 +365,7 @@ def t2l_generate(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     ckpt = T2LCheckpoint.load(checkpoint)
-    encoder = DescriptionEncoder(ckpt.encoder)
+    encoder = load_encoder(ckpt.encoder)
     t0 = time.perf_counter()
     lora = ckpt.generate(encoder, [description])[0]
     seconds = time.perf_counter() - t0
@@ -517,6 +517,32 @@ def serve_kit(
     _print_mapping(manifest["bytes"], as_json=False)
 
 
+@serve_app.command("calibrate")
+def serve_calibrate(
+    library: Path = typer.Argument(..., help="A serving library (or kit) directory."),
+    model: str = typer.Option("tiny", help="The base model it serves (a path or hub id)."),
+    n: int = typer.Option(200, help="Routing-task validation items."),
+):
+    """Choose each router's abstention threshold on the routing task's validation split (the
+    `prompt` router, and the `classifier` router when the library holds its expert) and keep
+    them in LIBRARY/routing.json, where the served routers read them."""
+    from t2ray.adapt.router import calibrate_routers
+    from t2ray.engines.hf import HFEngine
+    from t2ray.eval.results import invocation
+    from t2ray.models import load_model
+    from t2ray.serve.library import CLASSIFIER, ServingLibrary, write_routing
+    from t2ray.svf.ops import decompose_model
+
+    cache = decompose_model(model, "mlp")
+    lib = ServingLibrary.open(library, cache.fingerprint)
+    base, tok = load_model(model)
+    engine = HFEngine(base, tok, svd_cache=cache, name=model)
+    routing = calibrate_routers(engine, lib.experts.get(CLASSIFIER), n)
+    write_routing(library, cache.fingerprint, routing, invocation())
+    _print_mapping({f"{name} {k}": v for name, r in routing.items() for k, v in r.items()},
+                   as_json=False)
+
+
 @results_app.command("base")
 def results_base(
     table: str = typer.Option("base-v2", help="The base-model table (`t2ray base eval "
@@ -550,6 +576,7 @@ def results_seen(
     n_test: Optional[int] = typer.Option(None, help="Test items per task (default: all)."),
     out: Path = typer.Option(Path("runs/seen")),
     results: Path = typer.Option(Path("docs/results.json")),
+    table: str = typer.Option("seen-v2", help="The results.json table of the rows."),
 ):
     """The seen-task table: base / LoRA-RL / LoRA-SFT / SVF-RL / SVF-SFT per task and seed."""
     from t2ray.experiments.seen import seen_table, sweep_config
@@ -559,7 +586,7 @@ def results_seen(
     cfg.svd_cache = str(decompose_model(cfg.model, "mlp").root)
     seen_table(cfg, _split_names(tasks), _int_list(seeds), _split_names(methods), out,
                workers=workers, n_test=n_test, results_json=results,
-               method_overrides=overrides, task_overrides=task_overrides)
+               method_overrides=overrides, task_overrides=task_overrides, table=table)
 
 
 @results_app.command("tune")
@@ -596,6 +623,7 @@ def results_unseen(
     out: Path = typer.Option(Path("runs/unseen"), help="Route experts and libraries."),
     tables: Optional[Path] = typer.Option(None, help="Scores, tables, plots (default: --out)."),
     results: Path = typer.Option(Path("docs/results.json")),
+    table: str = typer.Option("unseen-v2", help="The results.json table of the rows."),
 ):
     """The unseen-family table: base / LoRA-RL / prompt / classifier / few-shot per seed."""
     from t2ray.adapt.fewshot import FewShotConfig
@@ -606,7 +634,7 @@ def results_unseen(
                             searcher=searcher,
                             mix_space=mix_space)
     unseen_table(config, seen, out, model, _int_list(seeds), _split_names(strategies), n_test,
-                 fewshot, tables, results)
+                 fewshot, tables, results, table)
 
 
 @results_app.command("t2l")

@@ -118,6 +118,7 @@ def test_demo_pipeline_smoke_preset_end_to_end_and_reuses_artifacts(tmp_path):
                 timeout=900)
     # it ends with one live request per strategy to the serving graph (it raises on a failure)
     assert "live requests to http://127.0.0.1:" in first.stdout
+    assert "the full tables" in first.stdout and "docs/results.md" in first.stdout
     for adaptation in ("classifier", "fewshot:math-hard", "lora:code", "t2l:Sort"):
         assert adaptation in first.stdout
     result = json.loads((tmp_path / "first" / "demo_results.json").read_text())

@@ -34,27 +34,46 @@ def test_library_per_seed_or_shared(library, tmp_path):
 
 
 def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path, monkeypatch):
+    import t2ray.experiments.unseen as adaptive
+
+    monkeypatch.setattr(adaptive, "ORACLE_VAL_N", 6)
     path, cache = tiny_random
-    strategies = ["none", "expert", "prompt", "classifier"]
+    strategies = ["none", "expert", "oracle-expert", "prompt", "classifier"]
     rows = run_eval(str(path), library, ["reasoning", "math-hard"], strategies, [0, 1],
                     tmp_path, str(cache.root), n_test=6, results_json=tmp_path / "r.json")
     assert {(r.task, r.method) for r in rows} == {
         (t, m) for t in ("reasoning", "math-hard")
-        for m in ("base", "svf-rl", "prompt", "classifier")}
+        for m in ("base", "svf-rl", "oracle-expert", "prompt", "classifier")}
+    scores = json.loads((tmp_path / "scores.json").read_text())
     for r in rows:
         assert r.n_seeds == 2 and r.n == 6 and 0 <= r.mean <= 100
         two_pass = r.method in ("prompt", "classifier")
         assert (r.get("first_pass_share") is not None) == two_pass
+        low, high = r.get("ci95")
+        assert low - 1e-9 <= r.mean <= high + 1e-9
+        assert (r.get("diff_vs_base_ci95") is None) == (r.method == "base")
+        if two_pass:  # routing accuracy on the route test split, agreement with the oracle
+            assert 0 <= r.get("router_test_accuracy") <= 100
+            mine = [s for s in scores if (s["task"], s["strategy"]) == (r.task, r.method)]
+            oracle = {s["seed"]: s["chosen"] for s in scores
+                      if (s["task"], s["strategy"]) == (r.task, "oracle-expert")}
+            assert r.get("oracle_route") == [oracle[s["seed"]] for s in mine]
+            assert r.get("oracle_route_agreement") == pytest.approx(100 * sum(
+                s["routed"].get(oracle[s["seed"]], 0) / 6 for s in mine) / 2, abs=0.01)
+    from t2ray.eval.results import read_verdicts
+
+    kept = read_verdicts(tmp_path / "scores" / "unseen.jsonl.gz")
+    assert len(kept) == len(rows) * 2
+    for k in kept:
+        row = next(r for r in rows if (r.task, r.method) == (k["task"], k["method"]))
+        assert 100 * k["verdicts"].count("1") / 6 == row.get("seeds")[k["seed"]]
     base = [r for r in rows if r.method == "base"]
     assert all(r.sd == 0 for r in base)  # greedy base: the same on every seed
-    scores = json.loads((tmp_path / "scores.json").read_text())
     assert all(sum(s["routed"].values()) == 6 for s in scores if s["strategy"] == "classifier")
     assert (tmp_path / "table.md").read_text().startswith("| task | method")
     assert json.loads((tmp_path / "r.json").read_text())[0]["table"] == "unseen"
 
     # a rerun reuses every kept score; other settings are scored afresh
-    import t2ray.experiments.unseen as adaptive
-
     calls = []
     real = adaptive.evaluate_strategy
     monkeypatch.setattr(adaptive, "evaluate_strategy",

@@ -112,3 +112,21 @@ def test_bad_lora_inputs():
     model, _ = model_and_ids()
     with pytest.raises(ValueError, match="no module matches"):
         init_lora(model, 4, 8, targets=("nope",))
+
+
+def test_lora_dropout_drops_the_update_input_only_and_keeps_its_expectation():
+    """PEFT's lora_dropout: the base output is untouched, the update's input is dropped with
+    inverted scaling, so the mean over many draws is the update without dropout."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5, bias=False))
+    lora = LoraWeights({"0": torch.randn(2, 6)}, {"0": torch.randn(5, 2)}, rank=2, alpha=3.0)
+    x = torch.randn(3, 4, 6)
+    with batched_lora(model, [lora] * 3) as m:
+        exact = m(x)
+    want = x @ model[0].weight.T + lora.scale * (x @ lora.a["0"].T) @ lora.b["0"].T
+    torch.testing.assert_close(exact, want)
+    with batched_lora(model, [lora] * 3, dropout=0.5) as m:
+        draws = torch.stack([m(x) for _ in range(4000)])
+    assert not torch.allclose(draws[0], exact)
+    torch.testing.assert_close(draws.mean(0), exact, atol=0.15, rtol=0.05)
+    assert isinstance(model[0], torch.nn.Linear)  # restored after the block

@@ -128,6 +128,24 @@ def test_label_smoothed_sft_loss_matches_float64():
         (total / n).item(), rel=1e-6)
 
 
+def test_per_example_sft_loss_weighs_each_example_once():
+    """Each row's mean over its own completion tokens, then the mean over rows (float64 loop):
+    a row with one completion token counts as much as a row with three."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 5, 7, dtype=torch.float64)
+    ids = torch.randint(0, 7, (2, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 0]])
+    rows = []
+    for i in range(2):
+        nll = [-torch.log_softmax(logits[i, j - 1], -1)[ids[i, j]] for j in range(1, 5)
+               if mask[i, j]]
+        rows.append(sum(nll) / len(nll))
+    want = (rows[0] + rows[1]) / 2
+    assert sft_loss(logits, ids, mask, per_example=True).item() == pytest.approx(want.item(),
+                                                                                 rel=1e-6)
+    assert sft_loss(logits, ids, mask).item() != pytest.approx(want.item(), rel=1e-3)
+
+
 @pytest.fixture(scope="module")
 def model_and_cache(tmp_path_factory):
     torch.manual_seed(0)

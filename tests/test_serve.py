@@ -109,7 +109,8 @@ def test_routed_strategies_answer_with_the_expert_the_router_picks(url, referenc
     from t2ray.adapt.router import Router
 
     engine, lib = reference
-    router = Router(engine, lib.experts["route"] if strategy == "classifier" else None)
+    router = Router(engine, lib.experts["route"] if strategy == "classifier" else None,
+                    threshold=lib.thresholds()[strategy])  # the kit's, chosen on validation
     expected = router.route(QUESTIONS)
     for question, category in zip(QUESTIONS, expected):
         status, headers, body = chat(url, strategy, question)
@@ -117,6 +118,9 @@ def test_routed_strategies_answer_with_the_expert_the_router_picks(url, referenc
         info = body["t2ray"]
         assert info["category"] == category
         assert set(info["router_scores"]) == set(router.categories)
+        assert info["router_threshold"] == router.threshold
+        top = max(info["router_scores"], key=info["router_scores"].get)
+        assert category == ("other" if info["router_confidence"] < router.threshold else top)
         assert info["first_pass_s"] > 0 and info["total_s"] >= info["first_pass_s"]
         expert = None if category == "other" else lib.experts[category]
         assert headers["x-t2ray-expert"] == ("base" if expert is None else category)

@@ -143,6 +143,43 @@ def test_a_kit_of_another_base_is_refused_whole(tmp_path):
         ServingLibrary.open(tmp_path / "kit", "0" * 16)
 
 
+def test_routers_abstain_below_the_thresholds_their_library_keeps(tmp_path, fingerprint):
+    """The kit keeps both routers' thresholds (chosen on route validation); the served router
+    answers `other` below its library's threshold, reports its confidence, and a thresholds file
+    of another base is refused (its routers then never abstain)."""
+    import math
+
+    from t2ray.adapt.router import Router
+    from t2ray.serve.deployments import TaskRouter
+    from t2ray.serve.library import write_routing
+    from t2ray.svf.ops import decompose_model
+
+    kit = ServingLibrary.open(KIT_DIR, fingerprint)
+    assert set(kit.routing) == {"prompt", "classifier"}
+    assert all(0 <= r["threshold"] < 1 and r["n"] == 200 for r in kit.routing.values())
+    root = tmp_path / "lib"
+    shutil.copytree(KIT_DIR, root)
+    (root / "manifest.json").unlink()  # a plain library, not a kit
+    write_routing(root, fingerprint, {"prompt": {"threshold": 1.0}, "classifier": {
+        "threshold": 0.0}}, "test")
+    router = TaskRouter.func_or_class({}, fingerprint, str(decompose_model("tiny", "mlp").root),
+                                      str(root))
+    questions = ["What is 12 + 30?", "Write a function that returns x * 3.",
+                 "Write a short poem about rain."]
+    out = router._route([("prompt", q) for q in questions] +
+                        [("classifier", q) for q in questions])
+    assert [o["category"] for o in out[:3]] == ["other"] * 3
+    assert all(o["threshold"] == 1.0 and 0.25 <= o["confidence"] < 1 for o in out[:3])
+    unthresholded = Router(router.engine, router.library.experts["route"]).route(questions)
+    assert [o["category"] for o in out[3:]] == unthresholded
+    for o in out:  # the confidence is the top label's share of the label probabilities
+        probs = [math.exp(v) for v in o["scores"].values()]
+        assert o["confidence"] == pytest.approx(max(probs) / sum(probs), abs=1e-3)
+    write_routing(root, "f" * 16, {"prompt": {"threshold": 1.0}}, "test")
+    lib = ServingLibrary.open(root, fingerprint)
+    assert "routing" in lib.refused and lib.thresholds() == {}
+
+
 def test_library_mixture_equals_mix(fingerprint):
     from t2ray.svf.expert import mix
 

@@ -22,19 +22,23 @@ def small(tmp_path, **kw) -> T2LTrainConfig:
     return T2LTrainConfig(**{**base, **kw})
 
 
-def test_tasks_exist_and_are_seen():
-    assert all(get_task(t).seen for t in TASKS)
-
-
-def test_reconstruction_reproduces_the_library(tiny_model, tmp_path):
-    model, _ = tiny_model
-    library = tmp_path / "library"
+def random_library(model, root):
+    """One random rank-8 LoRA per training task (B nonzero), as PEFT directories."""
     for k, task in enumerate(TASKS):
         g = torch.Generator().manual_seed(k)
         lora = init_lora(model, 8, 16.0, generator=g)
         for b in lora.b.values():
             b.normal_(0, 0.02, generator=g)
-        export_peft(lora, library / task)
+        export_peft(lora, root / task)
+    return root
+
+
+def test_tasks_exist_and_are_seen():
+    assert all(get_task(t).seen for t in TASKS)
+
+
+def test_reconstruction_reproduces_the_library(tiny_model, tmp_path):
+    library = random_library(tiny_model[0], tmp_path / "library")
     # each task has 33 training descriptions to map onto its LoRA
     result = train_t2l(small(tmp_path, objective="recon", library=str(library), steps=400,
                              lr=1e-2))
@@ -49,6 +53,64 @@ def test_reconstruction_reproduces_the_library(tiny_model, tmp_path):
     for i, lora in enumerate(generated):  # each description lands nearest its own task's LoRA
         dist = [sum((lora.b[n] - t.b[n]).abs().sum() for n in t.b) for t in targets]
         assert min(range(len(TASKS)), key=dist.__getitem__) == i
+
+
+def test_one_hot_task_embeddings_reconstruct_the_library_updates(tiny_model, tmp_path):
+    """The capacity check: one vector per training task (no description encoder) and the
+    reference's delta-W targets; each task's generated update B A lands nearest its own
+    library update, and the checkpoint refuses a description it was not trained with."""
+    from t2ray.lora.peft_io import import_peft
+    from t2ray.t2l.encoder import load_encoder
+
+    library = random_library(tiny_model[0], tmp_path / "library")
+    result = train_t2l(small(tmp_path, objective="recon", library=str(library), steps=400,
+                             lr=1e-2, task_embedding="one-hot", recon_target="delta_w"))
+    losses = [h["loss"] for h in result["history"]]
+    assert sum(losses[-10:]) / 10 < 0.5 * losses[0]
+    ckpt = T2LCheckpoint.load(tmp_path / "t2l" / "checkpoint")
+    assert ckpt.encoder == "one-hot:" + ",".join(TASKS)
+    encoder = load_encoder(ckpt.encoder)
+    generated = ckpt.generate(encoder, [get_task(t).probe_descriptions[0] for t in TASKS])
+    targets = [import_peft(library / t) for t in TASKS]
+    for i, lora in enumerate(generated):
+        dist = [sum((lora.b[n] @ lora.a[n] - t.b[n] @ t.a[n]).abs().sum() for n in t.b)
+                for t in targets]
+        assert min(range(len(TASKS)), key=dist.__getitem__) == i
+    with pytest.raises(ValueError, match="knows only its 3 training tasks"):
+        encoder.encode(["Reverse the word."])
+
+
+def test_a_diverging_run_restarts_from_its_last_good_state_at_half_the_lr():
+    """A loss spike restores the state kept at the last checkpoint step, halves the schedule's
+    base rate and is written into the history; a run that keeps diverging stops with an error."""
+    from t2ray.distributed.loop import DivergenceGuard, Trainable, scheduler, train_steps
+
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    module = torch.nn.Module()
+    module.w = w
+    opt = torch.optim.SGD([w], lr=0.1)
+    spikes = {12: 1}  # step -> times it spikes
+
+    def step(i):
+        loss = (w - 3).square().sum()
+        if spikes.get(i, 0) > 0:
+            spikes[i] -= 1
+            return loss * 1e6, {"loss": loss.item() * 1e6}
+        return loss, {"loss": loss.item()}
+
+    parts = Trainable(module, opt, scheduler(opt, 20, "constant"), step, lambda: {})
+    history = train_steps(parts, 20, 1.0, 1000, 5, "toy", DivergenceGuard(window=5))
+    restart = next(h for h in history if "restart" in h)
+    assert restart == {"step": 13, "diverged_loss": pytest.approx(restart["diverged_loss"]),
+                       "restored_step": 10, "restart": 1}
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, 21))
+    assert [h["lr"] for h in history if "loss" in h][10:] == [0.05] * 10
+    spikes[4] = 5
+    w.data.fill_(1.0)
+    opt = torch.optim.SGD([w], lr=0.1)
+    parts = Trainable(module, opt, scheduler(opt, 20, "constant"), step, lambda: {})
+    with pytest.raises(RuntimeError, match="diverged at step 5 .* after 2 restarts"):
+        train_steps(parts, 20, 1.0, 1000, 5, "toy", DivergenceGuard(window=3))
 
 
 def test_sft_lowers_the_completion_loss_and_checkpoints(tmp_path):
@@ -83,8 +145,12 @@ def test_bad_configs_are_refused(tmp_path):
         small(tmp_path, objective="dpo").validate()
     with pytest.raises(ValueError, match="schedule must be cosine or linear"):
         small(tmp_path, schedule="constant").validate()
-    with pytest.raises(ValueError, match="warmup_ratio and label_smoothing"):
+    with pytest.raises(ValueError, match="warmup_ratio, label_smoothing and lora_dropout"):
         small(tmp_path, label_smoothing=1.0).validate()
+    with pytest.raises(ValueError, match="task_embedding"):
+        small(tmp_path, task_embedding="bag-of-words").validate()
+    with pytest.raises(ValueError, match="recon_target"):
+        small(tmp_path, recon_target="svd").validate()
     with pytest.raises(FileNotFoundError, match="no LoRA for task"):
         train_t2l(small(tmp_path, objective="recon", library=str(tmp_path / "none"), steps=1))
 

@@ -99,6 +99,20 @@ def test_seen_table_runs_every_method_and_resumes(tmp_path, tiny_random, monkeyp
     assert svf.n_seeds == 2 and svf.params == sum(cache.ranks().values())
     assert 0 <= svf.get("mcnemar_p_vs_base_seed0") <= 1
     assert json.loads((tmp_path / "results.json").read_text())[0]["table"] == "seen"
+    # the per-item verdicts re-derive every row; the intervals hold the means
+    from t2ray.eval.results import read_verdicts
+
+    kept = read_verdicts(tmp_path / "scores" / "seen.jsonl.gz")
+    for r in rows:
+        mine = [k for k in kept if (k["task"], k["method"]) == (r.task, r.method)]
+        assert len(mine) == r.n_seeds and all(k["n"] == 8 for k in mine)
+        accs = [100 * k["verdicts"].count("1") / k["n"] for k in mine]
+        assert r.mean == pytest.approx(sum(accs) / len(accs), abs=0.01)
+        low, high = r.get("ci95")
+        assert low - 1e-9 <= r.mean <= high + 1e-9
+        if r.method != "base":
+            d_low, d_high = r.get("diff_vs_base_ci95")
+            assert d_low - 1e-9 <= r.mean - rows[0].mean <= d_high + 1e-9
     table = (tmp_path / "seen" / "table.md").read_text().splitlines()
     assert table[0].startswith("| task | base | svf-rl (") and table[2].startswith("| reasoning |")
     # A second sweep over the same directory reuses every finished run: nothing is retrained.

@@ -44,6 +44,14 @@ class Router:
     def route(self, questions: list[str]) -> list[str]:
         return self.pick(self.scores(questions))
 
+    def accuracy(self, split: str = "test", n: int | None = None) -> float:
+        """Routing accuracy on the routing task's `split` (with the current threshold)."""
+        from t2ray.tasks import get_task
+
+        examples = get_task("route").examples(split, n)
+        picks = self.route([question_of(e.prompt) for e in examples])
+        return sum(p == e.answer for p, e in zip(picks, examples)) / len(examples)
+
     def calibrate(self, n: int = 200) -> float:
         """Set `threshold` to the best one on the routing task's first `n` validation items (the
         test split stays unseen); returns the routing accuracy there."""
@@ -56,10 +64,26 @@ class Router:
         return accuracy
 
 
+def calibrate_routers(engine: Engine, classifier=None, n: int = 200) -> dict[str, dict]:
+    """The `prompt` router's and (with a classifier expert) the `classifier` router's
+    thresholds, each chosen on the routing task's first `n` validation items:
+    {strategy: {"threshold", "route_val_accuracy", "n"}} (what a serving library keeps)."""
+    routers = {"prompt": Router(engine)}
+    if classifier is not None:
+        routers["classifier"] = Router(engine, classifier)
+    return {name: {"route_val_accuracy": round(r.calibrate(n), 4), "threshold": r.threshold,
+                   "n": n} for name, r in routers.items()}
+
+
+def confidence(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the top label's probability among the labels, its index) per row of `scores`."""
+    return scores.float().softmax(-1).max(-1)
+
+
 def pick_labels(scores: torch.Tensor, categories: tuple[str, ...], threshold: float) -> list[str]:
-    confidence, best = scores.float().softmax(-1).max(-1)
+    confidence_, best = confidence(scores)
     return [BASE if c < threshold else categories[i]
-            for c, i in zip(confidence.tolist(), best.tolist())]
+            for c, i in zip(confidence_.tolist(), best.tolist())]
 
 
 def choose_threshold(scores: torch.Tensor, truth: list[str], categories: tuple[str, ...] =

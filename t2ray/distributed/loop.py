@@ -65,7 +65,28 @@ class Trainable:
     close: Callable[[], None] = lambda: None  # every rank, at the end, also after a failure
 
 
-def run_recipe(cfg, build: Callable[[object], Trainable], desc: str) -> list[dict]:
+@dataclass
+class DivergenceGuard:
+    """A step whose loss is not finite, or above `factor` times the median of the last `window`
+    losses, is a divergence: the run goes back to its last good state (kept in memory at every
+    checkpoint step), halves its learning rate, records the restart in its history and goes on;
+    after `max_restarts` it stops with an error instead of shipping a diverged model."""
+
+    factor: float = 10.0
+    window: int = 20
+    max_restarts: int = 2
+
+    def diverged(self, loss: float, recent: list[float]) -> bool:
+        if not math.isfinite(loss):
+            return True
+        if len(recent) < self.window:
+            return False
+        median = sorted(recent[-self.window:])[self.window // 2]
+        return loss > self.factor * max(median, 1e-8)
+
+
+def run_recipe(cfg, build: Callable[[object], Trainable], desc: str,
+               guard: DivergenceGuard | None = None) -> list[dict]:
     """A recipe from its typed config (with steps, grad_clip, eval_every, checkpoint_every,
     threads and validate()): build once, run the loop, save on rank 0; the history."""
     cfg.validate()
@@ -73,7 +94,7 @@ def run_recipe(cfg, build: Callable[[object], Trainable], desc: str) -> list[dic
     parts = build(cfg)
     try:
         history = train_steps(parts, cfg.steps, cfg.grad_clip, cfg.eval_every,
-                              cfg.checkpoint_every, desc)
+                              cfg.checkpoint_every, desc, guard)
         if distributed()[0] == 0:
             parts.save(history)
     finally:
@@ -82,20 +103,39 @@ def run_recipe(cfg, build: Callable[[object], Trainable], desc: str) -> list[dic
 
 
 def train_steps(parts: Trainable, steps: int, grad_clip: float, eval_every: int,
-                checkpoint_every: int, desc: str) -> list[dict]:
+                checkpoint_every: int, desc: str, guard: DivergenceGuard | None = None
+                ) -> list[dict]:
     """Run steps [resumed step, steps): step, optimiser, validation, report, checkpoint. The
-    metrics of every step go to Ray Train (the dashboard); the console shows a progress bar."""
+    metrics of every step go to Ray Train (the dashboard); the console shows a progress bar.
+    With a `guard` (not under DeepSpeed) a diverging run restarts from its last good state."""
     from tqdm import tqdm
 
     rank, world = distributed()
+    if guard is not None and (parts.ds_engine is not None or world > 1):
+        raise ValueError("the divergence guard restores in-process state: one worker, no "
+                         "DeepSpeed")
     params = [p for p in parts.module.parameters() if p.requires_grad]
     start = resume(parts.module, parts.optimizer, parts.scheduler, parts.ds_engine)
     history: list[dict] = []
-    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=rank != 0,
-               mininterval=2)
-    for step in bar:
+    good = _snapshot(parts, start) if guard else None
+    restarts, base_lrs = 0, list(parts.scheduler.base_lrs)
+    bar = tqdm(total=steps, desc=desc, initial=start, disable=rank != 0, mininterval=2)
+    step = start
+    while step < steps:
         t0 = time.perf_counter()
         loss, stats = parts.step(step)
+        value = float(loss.detach())
+        if guard and guard.diverged(value, [h["loss"] for h in history if "loss" in h]):
+            restarts += 1
+            if restarts > guard.max_restarts:
+                raise RuntimeError(f"{desc} diverged at step {step + 1} (loss {value:.4g}) "
+                                   f"after {guard.max_restarts} restarts")
+            history = [h for h in history if h["step"] <= good["step"]]
+            history.append({"step": step + 1, "diverged_loss": value,
+                            "restored_step": good["step"], "restart": restarts})
+            _restore(parts, good, [lr * 0.5 ** restarts for lr in base_lrs])
+            bar.n = step = good["step"]
+            continue
         grad_norm = optimizer_step(loss, params, parts.optimizer, parts.scheduler, grad_clip,
                                    world, parts.ds_engine)
         tokens = stats.pop("tokens", None)
@@ -110,7 +150,36 @@ def train_steps(parts: Trainable, steps: int, grad_clip: float, eval_every: int,
                          and isinstance(v, float)}, refresh=False)
         report(stats, parts.module, parts.optimizer, parts.scheduler, step + 1,
                checkpoint_every, steps, rank, parts.ds_engine)
+        step += 1
+        bar.update(1)
+        if guard and step % checkpoint_every == 0:
+            good = _snapshot(parts, step)
+    bar.close()
     return history
+
+
+def _snapshot(parts: Trainable, step: int) -> dict:
+    """The trainable tensors, optimiser and schedule at `step`, copied in memory."""
+    import copy
+
+    return {"step": step, "trainable": {k: v.detach().clone()
+                                        for k, v in trainable_state(parts.module).items()},
+            "optimizer": copy.deepcopy(parts.optimizer.state_dict()),
+            "scheduler": parts.scheduler.state_dict()}
+
+
+def _restore(parts: Trainable, good: dict, base_lrs: list[float]) -> None:
+    """Back to a snapshot, going on with the schedule (a LambdaLR) over new base rates."""
+    import copy
+
+    parts.module.load_state_dict(good["trainable"], strict=False)
+    parts.optimizer.load_state_dict(copy.deepcopy(good["optimizer"]))
+    sched = parts.scheduler
+    sched.load_state_dict(good["scheduler"])
+    sched.base_lrs = list(base_lrs)
+    for group, base, factor in zip(parts.optimizer.param_groups, base_lrs, sched.lr_lambdas):
+        group["lr"] = base * factor(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in parts.optimizer.param_groups]
 
 DS_TAG = "t2ray"  # DeepSpeed checkpoint tag inside each Ray Train checkpoint
 
@@ -232,7 +301,8 @@ def save_history(history: list[dict], out: Path, png_name: str, key: str, title:
         for row in history:
             f.write(json.dumps(row) + "\n")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h["step"] for h in history], [h[key] for h in history], label=f"train {key}")
+    rows = [h for h in history if key in h]  # restart records carry no loss
+    ax.plot([h["step"] for h in rows], [h[key] for h in rows], label=f"train {key}")
     val = [(h["step"], h["val_accuracy"]) for h in history
            if isinstance(h.get("val_accuracy"), float)]
     if val:
@@ -262,10 +332,15 @@ def completion_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]
 
 
 def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor,
-             completion_mask: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+             completion_mask: torch.Tensor, label_smoothing: float = 0.0,
+             per_example: bool = False) -> torch.Tensor:
     """Next-token loss on reference completions only (the paper's SFT ablation), optionally
-    label-smoothed (T2L's reference trains with 0.1)."""
+    label-smoothed (T2L's reference trains with 0.1). The mean runs over the batch's completion
+    tokens, or with `per_example` over each row's own tokens first and then over rows, so that
+    a task with long answers does not outweigh one with short answers."""
     mask = completion_mask[:, 1:].float()
     nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:],
                           reduction="none", label_smoothing=label_smoothing)
+    if per_example:
+        return ((nll * mask).sum(1) / mask.sum(1).clamp_min(1.0)).mean()
     return (nll * mask).sum() / mask.sum().clamp_min(1.0)

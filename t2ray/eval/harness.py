@@ -72,6 +72,15 @@ def evaluate_task(engine: Engine, task: Task, split: str = "test", n: int | None
                    time.perf_counter() - t0, verdicts, len(set(keys)), method)
 
 
+def seeds_interval(verdicts_by_seed, keys, base=None) -> tuple[float, float]:
+    """95% interval of the mean accuracy of several seeds scored on the same items (or, with
+    `base`, the verdicts of a reference on those items, of its mean difference to it): a
+    bootstrap over the items' contents, each content carrying every seed's verdicts on it."""
+    values = [float(v) for vs in verdicts_by_seed for v in vs]
+    paired = None if base is None else [float(v) for _ in verdicts_by_seed for v in base]
+    return cluster_bootstrap(values, list(keys) * len(verdicts_by_seed), paired)
+
+
 def accuracy_interval(verdicts, keys) -> tuple[float, float, str]:
     """95% interval of an accuracy: Wilson when every item has its own content, else a bootstrap
     over contents (items that repeat a content are not independent draws)."""

@@ -105,15 +105,22 @@ def train_artifacts(model: str = TINY, preset: str = "default") -> tuple[Path, S
 
 def kit_sources(model: str = TINY, preset: str = "default",
                 fewshot_task: str = "math-hard") -> dict:
-    """What the serving kit is built from: the demo's artifacts (trained if missing) and one
+    """What the serving kit is built from: the demo's artifacts (trained if missing), one
     few-shot profile, found by `run_eval`'s few-shot strategy on `fewshot_task` (which writes
-    the profile as `t2ray eval --strategy fewshot` does)."""
+    the profile as `t2ray eval --strategy fewshot` does), and the routers' thresholds chosen on
+    the routing task's validation split."""
+    from t2ray.adapt.router import calibrate_routers
+
     p = PRESETS[preset]
     art, cache = train_artifacts(model, preset)
     out = art / "kit-fewshot"
     run_eval(model, art / "experts", [fewshot_task], ["fewshot"], [0], out, str(cache.root),
              p.n_test, p.fewshot())
-    return {"fingerprint": cache.fingerprint,
+    base, tok = load_model(model)
+    classifier = ExpertLibrary(art / "experts").get(CLASSIFIER,
+                                                    expect_fingerprint=cache.fingerprint)
+    routing = calibrate_routers(HFEngine(base, tok, svd_cache=cache, name=model), classifier)
+    return {"fingerprint": cache.fingerprint, "routing": routing,
             "experts": {n: art / "experts" / n for n in (*EXPERT_CATEGORIES, CLASSIFIER)},
             "loras": {n: art / "train" / f"lora-{n}" / "lora" for n in EXPERT_CATEGORIES},
             "profiles": {fewshot_task: out / "profiles" / f"{fewshot_task}-seed0"},
@@ -162,6 +169,9 @@ def run_pipeline(out: Path | None = None, preset: str = "default",
          "seconds": round(time.perf_counter() - t_start, 1)}, indent=1))
     for name, rows in tables.items():
         _print(name, rows, p.n_test)
+    console.print("the full tables (3 seeds, whole test splits, intervals): docs/results.md; "
+                  f"rows in docs/results.json, tables {', '.join(FULL_TABLES.values())}; "
+                  "per-item verdicts in docs/scores/")
     console.print(f"demo finished in {time.perf_counter() - t_start:.0f} s; tables in {out}")
     return tables
 
@@ -172,14 +182,14 @@ def _t2l_on_an_unseen_description(art: Path, out: Path, model: str, p: DemoPrese
     """Write the adapter of a held-out family's description with the demo's T2L checkpoint and
     score it against the base model on that family."""
     from t2ray.lora.peft_io import export_peft
-    from t2ray.t2l.encoder import DescriptionEncoder
+    from t2ray.t2l.encoder import load_encoder
     from t2ray.t2l.generate import T2LCheckpoint
 
     run = art / "t2l"
     ckpt = T2LCheckpoint.load(run / "checkpoint", expect_fingerprint=fingerprint)
     task = get_task(UNSEEN_INSTRUCT_DEMO)
     description = task.descriptions[0]
-    lora = ckpt.generate(DescriptionEncoder(ckpt.encoder), [description])[0]
+    lora = ckpt.generate(load_encoder(ckpt.encoder), [description])[0]
     export_peft(lora, out / "t2l_adapter", base_model=model, base_fingerprint=fingerprint)
     console.print(f"T2L adapter for the unseen description {description!r} -> "
                   f"{out / 't2l_adapter'}")
@@ -191,11 +201,28 @@ def _t2l_on_an_unseen_description(art: Path, out: Path, model: str, p: DemoPrese
     return rows
 
 
+# The full v2 tables (3 seeds, whole test splits) that the demo's short runs are set beside.
+FULL_TABLES = {"seen": "seen-v2", "unseen": "unseen-v2", "t2l": "t2l-v2"}
+RESULTS_JSON = Path(__file__).resolve().parents[2] / "docs" / "results.json"
+
+
+def _full_means(table: str) -> dict[tuple[str, str], float]:
+    """(task, method) -> mean of the full table's row, when this checkout holds docs/."""
+    if not RESULTS_JSON.exists():
+        return {}
+    return {(r["task"], r["method"]): r["mean"] for r in json.loads(RESULTS_JSON.read_text())
+            if r["table"] == table}
+
+
 def _print(name: str, rows: list[ResultRow], n: int) -> None:
     methods = list(dict.fromkeys(r.method for r in rows))
     tasks = list(dict.fromkeys(r.task for r in rows))
-    t = Table("task", *methods, title=f"{name} tasks: accuracy % on {n} test items per task")
+    full = _full_means(FULL_TABLES[name])
+    t = Table("task", *methods, title=f"{name} tasks (suite v2): accuracy % on {n} test items "
+              f"per task" + (f"; in brackets the full table {FULL_TABLES[name]}" if full else ""))
     for task in tasks:
-        cells = {r.method: f"{r.mean:.1f}" for r in rows if r.task == task}
+        cells = {r.method: f"{r.mean:.1f}" + (f" ({full[task, r.method]:.1f})"
+                                              if (task, r.method) in full else "")
+                 for r in rows if r.task == task}
         t.add_row(task, *(cells.get(m, "") for m in methods))
     console.print(t)

@@ -1,8 +1,10 @@
 """The seen-task table (the paper's Table 1): base / LoRA-RL / LoRA-SFT / SVF-RL / SVF-SFT.
 
 Each method is trained per task and seed on the train split (progress read on validation), then
-scored once on the test split; rows give mean +- sd over seeds, the parameter count, and an exact
-McNemar test against the base model on the same test items (seed 0).
+scored once on the test split; rows give mean +- sd over seeds, the parameter count, an exact
+McNemar test against the base model on the same test items (seed 0), and 95% intervals of the
+mean and of its difference to the base that resample the items' contents with every seed's
+verdicts on them; the per-item verdicts go to docs/scores/<table>.jsonl.gz.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from rich.table import Table
 
 from t2ray.engines.base import adapter_fingerprint
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.harness import EvalRow, evaluate_task
+from t2ray.eval.harness import EvalRow, evaluate_task, seeds_interval
 from t2ray.eval.results import (
     ROW_COLUMNS,
     ResultRow,
@@ -25,6 +27,8 @@ from t2ray.eval.results import (
     merge_results,
     pivot_table,
     row_table,
+    verdict_entry,
+    write_verdicts,
 )
 from t2ray.eval.stats import mcnemar_exact, mean_sd
 from t2ray.lora.peft_io import import_peft
@@ -49,7 +53,8 @@ def trained_adapter(run_dir: Path, policy: str, cache: SVDCache | None):
 def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str], out: Path,
                workers: int = 0, n_test: int | None = None, results_json: Path | None = None,
                method_overrides: dict[str, dict] | None = None,
-               task_overrides: dict[str, dict[str, dict]] | None = None) -> list[dict]:
+               task_overrides: dict[str, dict[str, dict]] | None = None,
+               table: str = "seen") -> list[dict]:
     """Train every (method, task, seed), evaluate on test, write rows; returns the rows.
 
     `method_overrides` maps a method to TrainConfig fields of its own (a LoRA wants another
@@ -62,15 +67,17 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
     cache = (SVDCache(base_cfg.svd_cache) if base_cfg.svd_cache
              else decompose_model(base_cfg.model, "mlp"))
     engine = HFEngine(model, tok, svd_cache=cache, name=base_cfg.model)
-    rows = []
+    rows, verdicts = [], []
     for task_name in tasks:
         task = get_task(task_name)
+        keys = [k for k, _ in task.keyed_examples("test", n_test)]
         base = _cached_eval(out / task_name / "base_test_eval.json", engine, None, task, n_test)
-        rows.append(ResultRow("seen", task_name, "base", round(100 * base.accuracy, 2), 0.0, 1,
-                              0, command, n=base.n))
+        rows.append(ResultRow(table, task_name, "base", round(100 * base.accuracy, 2), 0.0, 1,
+                              0, command, n=base.n, extra=_intervals([base], keys)))
+        verdicts.append(verdict_entry(task_name, "base", "test", base.item_correct))
         for method in methods:
             policy, objective = METHODS[method]
-            accs, first = [], None
+            accs, evals = [], []
             for seed in seeds:
                 run_dir = out / task_name / method / f"seed{seed}"
                 cfg = replace(base_cfg, out=str(run_dir), task=task_name, policy=policy,
@@ -84,20 +91,35 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
                 params = adapter.num_params
                 row = _cached_eval(eval_file, engine, adapter, task, n_test)
                 accs.append(100 * row.accuracy)
-                first = first or row
+                evals.append(row)
+                verdicts.append(verdict_entry(task_name, method, "test", row.item_correct,
+                                              seed))
             mean, sd = mean_sd(accs)
             rows.append(ResultRow(
-                "seen", task_name, method, round(mean, 2), round(sd, 2), len(seeds), params,
-                command, n=first.n, extra={
-                    "seeds": [round(a, 2) for a in accs],
-                    "mcnemar_p_vs_base_seed0": mcnemar_exact(first.item_correct,
+                table, task_name, method, round(mean, 2), round(sd, 2), len(seeds), params,
+                command, n=evals[0].n, extra={
+                    "seeds": [round(a, 2) for a in accs], **_intervals(evals, keys, base),
+                    "mcnemar_p_vs_base_seed0": mcnemar_exact(evals[0].item_correct,
                                                              base.item_correct)}))
     row_table(rows, SEEN_COLUMNS, "seen tasks, test split", console)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(pivot_table(rows))
-    if results_json:
+    if results_json:  # the rows, and beside them the per-item verdicts behind them
         merge_results(results_json, rows)
+        write_verdicts(Path(results_json).parent / "scores" / f"{table}.jsonl.gz", table,
+                       verdicts, command)
     return rows
+
+
+def _intervals(evals: list[EvalRow], keys: list[str], base: EvalRow | None = None) -> dict:
+    """95% intervals of the mean over seeds and (against `base`) of its difference to the base,
+    resampling the test items' contents."""
+    by_seed = [e.item_correct for e in evals]
+    out = {"ci95": [round(100 * v, 2) for v in seeds_interval(by_seed, keys)]}
+    if base is not None:
+        out["diff_vs_base_ci95"] = [round(100 * v, 2) for v in
+                                    seeds_interval(by_seed, keys, base.item_correct)]
+    return out
 
 
 def _cached_eval(path: Path, engine, adapter, task, n_test: int | None) -> EvalRow:
@@ -160,16 +182,18 @@ def parse_grid(cfg, specs: list[str]) -> dict[str, list]:
 
 def _settings(point: dict) -> dict:
     return {k: v for k, v in point.items()
-            if k not in ("task", "method", "val_accuracy", "val_curve")}
+            if k not in ("task", "method", "val_accuracy", "selected_step", "val_curve")}
 
 
 def tune_on_validation(base_cfg, task_name: str, method: str, grid: dict[str, list],
                        out: Path, seed: int = 0, workers: int = 0) -> dict:
-    """Train `method` on `task_name` for every point of `grid` and pick the point with the best
-    final validation accuracy. The test split is never read; runs resume like the sweep."""
+    """Train `method` on `task_name` for every point of `grid` and pick the point whose shipped
+    adapter (the run's best validation candidate, the base itself included) reads best on
+    validation. The test split is never read; runs resume like the sweep."""
     from itertools import product
 
     from t2ray.rl.launch import train
+    from t2ray.rl.trainer import Selection
 
     policy, objective = METHODS[method]
     keys = list(grid)
@@ -184,9 +208,12 @@ def tune_on_validation(base_cfg, task_name: str, method: str, grid: dict[str, li
                           objective=objective, seed=seed, **fields), workers=workers)
             (run_dir / "done").touch()
         history = [json.loads(line) for line in metrics.read_text().splitlines()]
-        val = [h["val_accuracy"] for h in history if "val_accuracy" in h]
+        shipped = Selection.load(run_dir / "selection.pt")
+        val = [shipped.base_val_accuracy] + [h["val_accuracy"] for h in history
+                                             if "val_accuracy" in h]
         points.append({"task": task_name, "method": method, **fields,
-                       "val_accuracy": val[-1], "val_curve": val})
+                       "val_accuracy": shipped.val_accuracy, "selected_step": shipped.step,
+                       "val_curve": val})
     # Earlier grids on the same task and method stay in the record (and in the choice).
     record = out / task_name / method / "tuning.json"
     fresh = [_settings(p) for p in points]
@@ -197,10 +224,11 @@ def tune_on_validation(base_cfg, task_name: str, method: str, grid: dict[str, li
     summary = {"task": task_name, "method": method, "seed": seed, "points": points,
                "selected": _settings(best)}
     record.write_text(json.dumps(summary, indent=1))
-    table = Table("settings", "val accuracy (final)", "val curve",
+    table = Table("settings", "val accuracy (shipped)", "shipped step", "val curve (step 0: base)",
                   title=f"{method} on {task_name}: validation only, seed {seed}")
     for p in points:
         table.add_row(str(_settings(p)), f"{100 * p['val_accuracy']:.1f}",
+                      str(p.get("selected_step", "final")),
                       " ".join(f"{100 * v:.0f}" for v in p["val_curve"]))
     console.print(table)
     console.print(f"selected: {summary['selected']}")

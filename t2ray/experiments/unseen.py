@@ -28,7 +28,15 @@ from t2ray.adapt.two_pass import TwoPass
 from t2ray.engines.base import Engine
 from t2ray.engines.factory import build_engine
 from t2ray.eval.harness import max_new_tokens_for
-from t2ray.eval.results import ROW_COLUMNS, ResultRow, invocation, merge_results, row_table
+from t2ray.eval.results import (
+    ROW_COLUMNS,
+    ResultRow,
+    invocation,
+    merge_results,
+    row_table,
+    verdict_entry,
+    write_verdicts,
+)
 from t2ray.eval.stats import mean_sd
 from t2ray.lora.peft_io import import_peft
 from t2ray.svf.cache import SVDCache
@@ -59,6 +67,8 @@ class StrategyScore:
     chosen: str | None = None  # oracle-expert: the expert (or `other`, the base) validation chose
     router_threshold: float | None = None  # prompt / classifier: chosen on route validation
     router_val_accuracy: float | None = None
+    router_test_accuracy: float | None = None  # on the routing task's test split
+    verdicts: str = ""  # per test item, in split order: "1" right, "0" wrong
 
 
 def library_for_seed(experts: Path, seed: int) -> ExpertLibrary:
@@ -66,17 +76,22 @@ def library_for_seed(experts: Path, seed: int) -> ExpertLibrary:
     return ExpertLibrary(seeded if seeded.exists() else experts)
 
 
-def _score(task, examples, texts, verify: RewardCache | None) -> float:
-    verdicts = (verify or RewardCache(task.kind))(examples, texts)
-    return sum(v == CORRECT for v in verdicts) / len(examples)
+def _verdicts(task, examples, texts, verify: RewardCache | None) -> list[bool]:
+    return [v == CORRECT for v in (verify or RewardCache(task.kind))(examples, texts)]
 
 
-def _adapted_accuracy(engine: Engine, task, examples, adapter, max_new: int,
-                      verify: RewardCache | None) -> float:
-    """Greedy accuracy on `examples` with `adapter` (None: the base weights) applied."""
+def _adapted_verdicts(engine: Engine, task, examples, adapter, max_new: int,
+                      verify: RewardCache | None) -> list[bool]:
+    """Greedy verdicts on `examples` with `adapter` (None: the base weights) applied."""
     with engine.adapted(adapter):
         outs = engine.generate([e.prompt for e in examples], max_new_tokens=max_new)
-    return _score(task, examples, [o.text for o in outs], verify)
+    return _verdicts(task, examples, [o.text for o in outs], verify)
+
+
+def _keep(score: StrategyScore, verdicts: list[bool]) -> StrategyScore:
+    score.verdicts = "".join("1" if v else "0" for v in verdicts)
+    score.accuracy = sum(verdicts) / len(verdicts)
+    return score
 
 
 def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_name: str,
@@ -109,18 +124,17 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
             score.alpha = found.alpha
             adapter = alpha_mixture([lib.get(c, expect_fingerprint=fp)
                                      for c in EXPERT_CATEGORIES], found.alpha, fewshot.mix_space)
-        score.accuracy = _adapted_accuracy(engine, task, examples, adapter, max_new, verify)
-        return score
+        return _keep(score, _adapted_verdicts(engine, task, examples, adapter, max_new, verify))
     classifier = lib.get(CLASSIFIER, expect_fingerprint=fp) if strategy == "classifier" else None
     experts = {c: lib.get(c, expect_fingerprint=fp) for c in EXPERT_CATEGORIES}
     router = Router(engine, classifier=classifier)
     score.router_val_accuracy = router.calibrate()
     score.router_threshold = router.threshold
+    score.router_test_accuracy = router.accuracy("test")
     result = TwoPass(engine, experts, router).run(questions, max_new)
-    score.accuracy = _score(task, examples, result.completions, verify)
     score.first_pass_share = result.first_pass_share
     score.routed = result.group_sizes
-    return score
+    return _keep(score, _verdicts(task, examples, result.completions, verify))
 
 
 def oracle_expert(engine: Engine, lib: ExpertLibrary, task, fingerprint: str,
@@ -132,7 +146,7 @@ def oracle_expert(engine: Engine, lib: ExpertLibrary, task, fingerprint: str,
     max_new = max_new_tokens_for(task, engine)
     candidates = {BASE: None, **{c: lib.get(c, expect_fingerprint=fingerprint)
                                  for c in EXPERT_CATEGORIES}}
-    scored = [(_adapted_accuracy(engine, task, examples, a, max_new, verify), -i, name)
+    scored = [(sum(_adapted_verdicts(engine, task, examples, a, max_new, verify)), -i, name)
               for i, (name, a) in enumerate(candidates.items())]
     name = max(scored)[2]
     return name, candidates[name]
@@ -216,8 +230,12 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                                             "adaptation strategies, test split", console))
     if any(s.alpha for s in scores):
         plot_alpha(scores, out / "alpha.png")
-    if results_json:
+    if results_json:  # the rows, and beside them the per-item verdicts behind them
         merge_results(results_json, rows)
+        write_verdicts(Path(results_json).parent / "scores" / f"{table}.jsonl.gz", table,
+                       [verdict_entry(s.task, method_name(s.strategy, fewshot), "test",
+                                      _bits(s.verdicts), s.seed) for s in scores if s.verdicts],
+                       command)
     return rows
 
 
@@ -235,18 +253,59 @@ def method_name(strategy: str, fewshot: FewShotConfig) -> str:
 
 def _rows(scores: list[StrategyScore], table: str, command: str,
           fewshot: FewShotConfig) -> list[ResultRow]:
+    """One row per (task, strategy): mean +- sd over seeds, the 95% interval of that mean and of
+    its difference to the base (bootstraps over the test items' contents, every seed's verdicts
+    kept together), and for the routers their accuracy on the routing task's test split and
+    how often they sent the family to the oracle route (the oracle expert validation chose)."""
     rows = []
     keys = dict.fromkeys((s.task, s.strategy) for s in scores)
     for task, strategy in keys:
         group = [s for s in scores if (s.task, s.strategy) == (task, strategy)]
         mean, sd = mean_sd([100 * s.accuracy for s in group])
         shares = [s.first_pass_share for s in group if s.first_pass_share is not None]
-        rows.append(ResultRow(
-            table, task, method_name(strategy, fewshot), round(mean, 2), round(sd, 2),
-            len(group), None, command, n=group[0].n,
-            extra={"seeds": [round(100 * s.accuracy, 2) for s in group],
-                   "first_pass_share": round(sum(shares) / len(shares), 3) if shares else None}))
+        extra = {"seeds": [round(100 * s.accuracy, 2) for s in group],
+                 "first_pass_share": round(sum(shares) / len(shares), 3) if shares else None}
+        if all(s.verdicts for s in group):
+            extra.update(_intervals(scores, group))
+        if strategy in ("prompt", "classifier"):
+            extra.update(_routing(scores, group))
+        rows.append(ResultRow(table, task, method_name(strategy, fewshot), round(mean, 2),
+                              round(sd, 2), len(group), None, command, n=group[0].n, extra=extra))
     return rows
+
+
+def _bits(verdicts: str) -> list[bool]:
+    return [c == "1" for c in verdicts]
+
+
+def _intervals(scores: list[StrategyScore], group: list[StrategyScore]) -> dict:
+    from t2ray.eval.harness import seeds_interval
+
+    task = group[0].task
+    keys = [k for k, _ in get_task(task).keyed_examples("test", group[0].n)]
+    by_seed = [_bits(s.verdicts) for s in group]
+    out = {"ci95": [round(100 * v, 2) for v in seeds_interval(by_seed, keys)],
+           "interval": "cluster-bootstrap over contents, seeds pooled"}
+    base = next((s for s in scores if (s.task, s.strategy) == (task, "none") and s.verdicts),
+                None)
+    if base is not None and group[0].strategy != "none":
+        out["diff_vs_base_ci95"] = [round(100 * v, 2) for v in
+                                    seeds_interval(by_seed, keys, _bits(base.verdicts))]
+    return out
+
+
+def _routing(scores: list[StrategyScore], group: list[StrategyScore]) -> dict:
+    out = {"router_threshold": [s.router_threshold for s in group]}
+    test = [s.router_test_accuracy for s in group if s.router_test_accuracy is not None]
+    if test:
+        out["router_test_accuracy"] = round(100 * sum(test) / len(test), 2)
+    oracle = {s.seed: s.chosen for s in scores
+              if (s.task, s.strategy) == (group[0].task, "oracle-expert")}
+    agree = [s.routed.get(oracle[s.seed], 0) / s.n for s in group if s.seed in oracle]
+    if agree:  # the share of the family's test items sent to its oracle route
+        out["oracle_route"] = [oracle[s.seed] for s in group if s.seed in oracle]
+        out["oracle_route_agreement"] = round(100 * sum(agree) / len(agree), 2)
+    return out
 
 
 def _share_cell(r: ResultRow) -> str:
@@ -282,7 +341,8 @@ def assemble_libraries(seen: Path, out: Path, seeds: list[int], cache: SVDCache,
 
 def unseen_table(config: Path, seen: Path, out: Path, model: str, seeds: list[int],
                  strategies: list[str], n_test: int | None, fewshot: FewShotConfig,
-                 tables: Path | None = None, results_json: Path | None = None) -> list[ResultRow]:
+                 tables: Path | None = None, results_json: Path | None = None,
+                 table: str = "unseen") -> list[ResultRow]:
     """The unseen-family table (the paper's Table 2) from a finished seen sweep: per seed the
     classifier expert is trained with the sweep's SVF-RL settings (`config`, the seen sweep's
     YAML; its `tasks: route:` entry holds the classifier's own), the libraries are assembled,
@@ -308,7 +368,7 @@ def unseen_table(config: Path, seen: Path, out: Path, model: str, seeds: list[in
     if "fewshot" in strategies:
         ensure_ray(num_cpus=max(2, fewshot.concurrency))
     return run_eval(model, library, list(CORE_UNSEEN), strategies, seeds, Path(tables or out),
-                    str(cache.root), n_test, fewshot, results_json=results_json)
+                    str(cache.root), n_test, fewshot, table=table, results_json=results_json)
 
 
 def plot_alpha(scores: list[StrategyScore], png: Path) -> None:

@@ -62,6 +62,7 @@ class _LoraLinear(torch.nn.Module):
         self.row_a: torch.Tensor | None = None
         self.row_b: torch.Tensor | None = None
         self.scale = 1.0
+        self.dropout = 0.0  # on the update's input only, as PEFT's lora_dropout (training)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -75,14 +76,18 @@ class _LoraLinear(torch.nn.Module):
             raise ValueError(f"{self.row_a.shape[0]} row LoRAs for a batch of {x.shape[0]}")
         shape = x.shape
         x3 = x.reshape(shape[0], -1, shape[-1])
+        if self.dropout:
+            x3 = torch.nn.functional.dropout(x3, self.dropout, training=True)
         update = torch.bmm(torch.bmm(x3, self.row_a.transpose(1, 2).to(x.dtype)),
                            self.row_b.transpose(1, 2).to(x.dtype))
         return y + self.scale * update.reshape(*shape[:-1], -1)
 
 
 @contextmanager
-def batched_lora(model: torch.nn.Module, row_loras: Sequence[LoraWeights | None]) -> Iterator:
+def batched_lora(model: torch.nn.Module, row_loras: Sequence[LoraWeights | None],
+                 dropout: float = 0.0) -> Iterator:
     """Run a batch whose row i uses `row_loras[i]` (None: no update). Gradients flow into A, B.
+    `dropout` drops the update's input (PEFT's lora_dropout; for training only).
 
     All LoRAs of one batch must share rank, scale and modules (one batched matmul per layer).
     """
@@ -108,6 +113,7 @@ def batched_lora(model: torch.nn.Module, row_loras: Sequence[LoraWeights | None]
             wrapper.row_b = torch.stack([zeros_b if lw is None else lw.b[name]
                                          for lw in row_loras])
             wrapper.scale = ref.scale
+            wrapper.dropout = dropout
             setattr(parent, child, wrapper)
             wrapped[name] = wrapper
         yield model

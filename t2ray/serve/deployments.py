@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from ray import serve
 
+from t2ray.adapt.router import Router, confidence
 from t2ray.engines.base import ROW_EXPERTS, ROW_LORAS
 from t2ray.engines.factory import build_engine
 from t2ray.lora.weights import LoraWeights
@@ -86,21 +87,23 @@ class _EngineReplica(_OneWorker):
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
 class TaskRouter(_EngineReplica):
     """Pass 1: `Router` label scoring on the base weights (`prompt`) or with the classifier
-    expert (`classifier`); concurrent requests are scored in one engine call per strategy."""
+    expert (`classifier`); concurrent requests are scored in one engine call per strategy. A
+    router abstains (`other`, the base weights) below the threshold its library keeps."""
 
     def __init__(self, args: dict, fingerprint: str, svd_cache: str, library: str):
-        from t2ray.adapt.router import Router
-
         super().__init__(args, fingerprint, svd_cache, library)
-        self.routers = {"prompt": Router(self.engine)}
+        thresholds = self.library.thresholds()
+        self.routers = {"prompt": Router(self.engine, threshold=thresholds.get("prompt", 0.0))}
         if CLASSIFIER in self.library.experts:
-            self.routers["classifier"] = Router(self.engine, self.library.experts[CLASSIFIER])
+            self.routers["classifier"] = Router(self.engine, self.library.experts[CLASSIFIER],
+                                                threshold=thresholds.get("classifier", 0.0))
         self.route.set_max_batch_size(self.args.max_batch_size)
         self.route.set_batch_wait_timeout_s(self.args.batch_wait_s)
 
     @serve.batch
     async def route(self, items: list[tuple[str, str]]) -> list[dict]:
-        """(strategy, question) -> {"category", "scores": {label: per-token log p}}."""
+        """(strategy, question) -> {"category", "scores": {label: per-token log p},
+        "confidence": the top label's probability among the labels, "threshold"}."""
         return await self._on_worker(self._route, items)
 
     def _route(self, items: list[tuple[str, str]]) -> list[dict]:
@@ -110,8 +113,10 @@ class TaskRouter(_EngineReplica):
             if not idx:
                 continue
             scores = router.scores([items[i][1] for i in idx])
-            for i, row, category in zip(idx, scores.tolist(), router.pick(scores)):
+            top = confidence(scores)[0].tolist()
+            for i, row, category, conf in zip(idx, scores.tolist(), router.pick(scores), top):
                 out[i] = {"category": category, "batch_size": len(idx),
+                          "confidence": round(conf, 4), "threshold": router.threshold,
                           "scores": {c: round(s, 4) for c, s in zip(router.categories, row)}}
         return out
 
@@ -215,13 +220,13 @@ class T2LGenerator(_OneWorker):
 
     def __init__(self, args: dict, fingerprint: str, svd_cache: str, library: str):
         from t2ray.svf.cache import SVDCache
-        from t2ray.t2l.encoder import DescriptionEncoder
+        from t2ray.t2l.encoder import load_encoder
         from t2ray.t2l.generate import T2L_CHECKPOINT, T2LCheckpoint
 
         super().__init__(args)
         path = Path(library) / "t2l"
         self.checkpoint = T2LCheckpoint.load(path, expect_fingerprint=fingerprint)
-        self.encoder = DescriptionEncoder(self.checkpoint.encoder)
+        self.encoder = load_encoder(self.checkpoint.encoder)
         self.svd_cache = SVDCache(svd_cache)
         digest = hashlib.sha256((path / T2L_CHECKPOINT.filename).read_bytes())
         digest.update((path / "hypernet.safetensors").read_bytes())

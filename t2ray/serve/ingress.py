@@ -187,7 +187,9 @@ class Ingress:
                 routed = await self.router.route.remote((asked.strategy, prompt.user))
                 self.metrics.first_pass.observe(time.perf_counter() - t,
                                                 tags={"strategy": asked.strategy})
-                info.update(category=routed["category"], router_scores=routed["scores"])
+                info.update(category=routed["category"], router_scores=routed["scores"],
+                            router_confidence=routed["confidence"],
+                            router_threshold=routed["threshold"])
                 category = routed["category"]
                 if category == BASE or category not in self.library.experts:
                     return Adaptation("none")

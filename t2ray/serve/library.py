@@ -5,6 +5,8 @@ checkpoint, loaded once at start-up with every artifact checked against the serv
     <library>/loras/<name>/       LoRA adapters (PEFT directories)
     <library>/profiles/<name>/    few-shot profiles (alpha over the experts)
     <library>/t2l/                a T2L checkpoint (optional)
+    <library>/routing.json        optional: the routers' abstention thresholds, chosen on the
+                                  routing task's validation split (`t2ray serve calibrate`)
     <library>/manifest.json       optional: a serving kit's manifest (t2ray.serving-kit)
 
 An artifact made for another base model is refused here, with one log line naming it and why,
@@ -34,6 +36,10 @@ SERVING_KIT = Format("t2ray.serving-kit", 1, "a serving kit",
                      refit="rebuild the kit on this base with `t2ray serve kit` (its manifest "
                            "records the command that made it)")
 CLASSIFIER = "route"  # the expert the `classifier` router applies
+ROUTING = Format("t2ray.router-thresholds", 1, "router thresholds",
+                 make="choose them with `t2ray serve calibrate LIBRARY`",
+                 refit="choose them again on this base with `t2ray serve calibrate LIBRARY`",
+                 filename="routing.json")
 
 
 def _names(a: list[str]) -> str:
@@ -50,6 +56,7 @@ class ServingLibrary:
     t2l: Path | None = None
     refused: dict[str, str] = field(default_factory=dict)  # "experts/<name>" -> why
     kit: dict | None = None  # the kit manifest, when the library is a serving kit
+    routing: dict[str, dict] = field(default_factory=dict)  # strategy -> threshold and accuracy
 
     @classmethod
     def open(cls, root: str | Path, fingerprint: str) -> "ServingLibrary":
@@ -77,10 +84,18 @@ class ServingLibrary:
         if (root / "t2l" / T2L_CHECKPOINT.filename).exists():
             lib._try("t2l", lambda: setattr(lib, "t2l", root / "t2l") or read_manifest(
                 root / "t2l", T2L_CHECKPOINT, expect_fingerprint=fingerprint))
-        log.info("serving library %s: experts [%s], loras [%s], profiles [%s], t2l %s", root,
-                 _names(sorted(lib.experts)), _names(sorted(lib.loras)),
-                 _names(sorted(lib.profiles)), "yes" if lib.t2l else "no")
+        if (root / ROUTING.filename).exists():
+            lib._try("routing", lambda: setattr(lib, "routing", read_manifest(
+                root, ROUTING, expect_fingerprint=fingerprint)["routers"]))
+        log.info("serving library %s: experts [%s], loras [%s], profiles [%s], t2l %s, router "
+                 "thresholds %s", root, _names(sorted(lib.experts)), _names(sorted(lib.loras)),
+                 _names(sorted(lib.profiles)), "yes" if lib.t2l else "no",
+                 lib.thresholds() or "none (never abstain)")
         return lib
+
+    def thresholds(self) -> dict[str, float]:
+        """Each router's abstention threshold (0 for a router without one: never abstains)."""
+        return {name: r["threshold"] for name, r in self.routing.items()}
 
     def _try(self, what: str, load) -> None:
         try:
@@ -147,15 +162,25 @@ class ServingLibrary:
                           "alpha": list(p.alpha), "base_fingerprint": p.base_fingerprint}
                          for n, p in sorted(self.profiles.items())],
             "t2l": self.t2l is not None,
+            "routers": self.routing,
             "refused": self.refused,
         }
 
 
+def write_routing(root: str | Path, fingerprint: str, routers: dict[str, dict],
+                  command: str) -> None:
+    """Keep the routers' thresholds (`calibrate_routers`) in a library for the served base."""
+    write_manifest(root, ROUTING, base_fingerprint=fingerprint, modules={}, routers=routers,
+                   command=command)
+
+
 def assemble_kit(out: str | Path, fingerprint: str, command: str, experts: dict[str, Path],
-                 loras: dict[str, Path], profiles: dict[str, Path], t2l: Path | None) -> dict:
+                 loras: dict[str, Path], profiles: dict[str, Path], t2l: Path | None,
+                 routing: dict[str, dict] | None = None) -> dict:
     """Copy trained artifacts into a serving-kit directory (the layout `ServingLibrary` reads)
     and write its manifest: base fingerprint, the command that built it, contents and sizes.
-    Every artifact is checked against `fingerprint` before it is copied."""
+    Every artifact is checked against `fingerprint` before it is copied; `routing` is the
+    routers' thresholds (`calibrate_routers`)."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -165,10 +190,13 @@ def assemble_kit(out: str | Path, fingerprint: str, command: str, experts: dict[
               **({"t2l": t2l} if t2l else {})}
     for rel, src in copies.items():
         shutil.copytree(src, out / rel, ignore=shutil.ignore_patterns("*.tmp", "__pycache__"))
+    if routing:
+        write_routing(out, fingerprint, routing, command)
+        copies[ROUTING.filename] = out / ROUTING.filename
     lib = ServingLibrary.open(out, fingerprint)
     if lib.refused:
         raise ArtifactError(f"not building a kit from artifacts of another base: {lib.refused}")
-    sizes = {rel: sum(f.stat().st_size for f in (out / rel).rglob("*") if f.is_file())
-             for rel in copies}
+    sizes = {rel: sum(f.stat().st_size for f in [out / rel, *(out / rel).rglob("*")]
+                      if f.is_file()) for rel in copies}
     return write_manifest(out, SERVING_KIT, base_fingerprint=fingerprint, modules={},
                           command=command, bytes=sizes, total_bytes=sum(sizes.values()))

@@ -1,7 +1,8 @@
 """Training the T2L hypernetwork, in-process or on Ray Train (DeepSpeed optional).
 
-- `recon`: the generated A and B match a library of per-task LoRAs (PEFT directories, one per
-  training task), L1 on element-wise z-scored A and B as in the reference.
+- `recon`: the generated adapters match a library of per-task LoRAs (PEFT directories, one per
+  training task): L1 on element-wise z-scored A and B (`recon_target: ab`), or on the update
+  delta W = B A itself (`delta_w`, scaled by its std per module type); both are in the reference.
 - `sft`: end to end through the frozen base model. Each batch mixes `tasks_per_batch` training
   tasks; every task gets one random description of its own, the hypernetwork turns the batch of
   descriptions into LoRAs in one forward, and each row of the language-model batch runs with its
@@ -10,7 +11,10 @@
   reference's L2 penalty on the generated A and B (or z).
 
 Training tasks are the seen instruction families; the held-out families and their descriptions
-never appear here. Validation reads seen tasks' validation splits.
+never appear here. Validation reads seen tasks' validation splits. `task_embedding: one-hot`
+replaces the description encoder by one vector per training task (the reference's capacity
+check). A loss that blows up restarts the run from its last good state at half the learning
+rate (`divergence_factor`, `max_restarts`; the restarts are in metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import yaml
 
 from t2ray.distributed.loop import (
     SCHEDULES,
+    DivergenceGuard,
     Trainable,
     completion_batch,
     distributed,
@@ -43,12 +48,14 @@ from t2ray.models.prompt import prompt_ids
 from t2ray.svf.apply import factorized
 from t2ray.svf.ops import decompose_model
 from t2ray.svf.targets import MLP as SVF_MLP
-from t2ray.t2l.encoder import DEFAULT_ENCODER, DescriptionEncoder
+from t2ray.t2l.encoder import DEFAULT_ENCODER, DescriptionEncoder, OneHotTaskEncoder
 from t2ray.t2l.generate import T2LCheckpoint, to_experts, to_loras
 from t2ray.t2l.hypernet import HyperConfig, HyperLoRA, lora_targets
 from t2ray.tasks import get_task, list_tasks
 
 OBJECTIVES = ("recon", "sft")
+TASK_EMBEDDINGS = ("description", "one-hot")
+RECON_TARGETS = ("ab", "delta_w")
 
 
 def seen_instruct_tasks() -> list[str]:
@@ -78,6 +85,12 @@ class T2LTrainConfig:
     schedule: str = "cosine"  # cosine or linear (t2ray.distributed.loop.SCHEDULES)
     warmup_ratio: float = 0.0  # share of the steps spent warming up
     label_smoothing: float = 0.0  # SFT only
+    lora_dropout: float = 0.0  # SFT: dropout on the generated LoRAs' input (the reference 0.05)
+    per_example_loss: bool = False  # SFT: mean over each example's tokens, then over examples
+    task_embedding: str = "description"  # or "one-hot": one vector per training task
+    recon_target: str = "ab"  # recon: z-scored A and B, or "delta_w" (B A)
+    divergence_factor: float = 10.0  # a loss above this x the recent median restarts; 0: off
+    max_restarts: int = 2
     weight_decay: float = 1e-2
     l2_reg: float = 1e-3  # SFT: penalty on the generated A and B (the reference)
     grad_clip: float = 1.0
@@ -99,8 +112,15 @@ class T2LTrainConfig:
     def validate(self) -> None:
         if self.schedule not in SCHEDULES or self.schedule == "constant":
             raise ValueError(f"schedule must be cosine or linear, not {self.schedule!r}")
-        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.label_smoothing < 1:
-            raise ValueError("warmup_ratio and label_smoothing must lie in [0, 1)")
+        if not all(0 <= v < 1 for v in (self.warmup_ratio, self.label_smoothing,
+                                         self.lora_dropout)):
+            raise ValueError("warmup_ratio, label_smoothing and lora_dropout must lie in [0, 1)")
+        if self.task_embedding not in TASK_EMBEDDINGS:
+            raise ValueError(f"task_embedding must be one of {TASK_EMBEDDINGS}, "
+                             f"not {self.task_embedding!r}")
+        if self.recon_target not in RECON_TARGETS:
+            raise ValueError(f"recon_target must be one of {RECON_TARGETS}, "
+                             f"not {self.recon_target!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.variant == "Z" and self.objective != "sft":
@@ -165,11 +185,13 @@ def load_library(root: str | Path, tasks: list[str], rank: int,
 
 
 class ReconTargets:
-    """A library's A and B stacked per module type, with per-element mean and std."""
+    """A library's A and B stacked per module type, with per-element mean and std; with
+    `delta_w`, its updates B A per module type and their std."""
 
-    def __init__(self, library: dict[str, LoraWeights], layers: dict[str, list[str]]):
+    def __init__(self, library: dict[str, LoraWeights], layers: dict[str, list[str]],
+                 target: str = "ab"):
         """`layers`: each module type's full name in every layer (`T2LCheckpoint.layers`)."""
-        self.tasks = list(library)
+        self.tasks, self.target = list(library), target
         self.a, self.b, self.stats = {}, {}, {}
         for m, names in layers.items():
             a = torch.stack([torch.stack([library[t].a[n] for n in names])
@@ -181,8 +203,14 @@ class ReconTargets:
                                   else (torch.zeros_like(x[0]), torch.ones_like(x[0]))
                                   for x in (a, b))
 
+        self.delta = {m: self.b[m] @ self.a[m] for m in self.a} if target == "delta_w" else {}
+        self.delta_std = {m: d.std().clamp_min(1e-8) for m, d in self.delta.items()}
+
     def loss(self, outputs: dict, tasks: list[str]) -> torch.Tensor:
         rows = torch.tensor([self.tasks.index(t) for t in tasks])
+        if self.target == "delta_w":
+            return sum(((b @ a - self.delta[m][rows]) / self.delta_std[m]).abs().mean()
+                       for m, (a, b) in outputs.items()) / len(outputs)
         total = 0.0
         for m, (a, b) in outputs.items():
             (mean_a, std_a), (mean_b, std_b) = self.stats[m]
@@ -198,8 +226,9 @@ def build(cfg: T2LTrainConfig) -> Trainable:
     model, tok = load_model(cfg.model)
     for p in model.parameters():
         p.requires_grad_(False)
-    encoder = DescriptionEncoder(cfg.encoder)
     tasks = {name: get_task(name) for name in cfg.task_names()}
+    encoder = (OneHotTaskEncoder(list(tasks)) if cfg.task_embedding == "one-hot"
+               else DescriptionEncoder(cfg.encoder))
     net = build_hypernet(cfg, model.config.to_dict(), encoder.dim).train()
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -241,11 +270,11 @@ def build(cfg: T2LTrainConfig) -> Trainable:
             l2 = sum(z.square().mean() for z in outputs.values())
         else:
             loras = to_loras(outputs, cfg.rank, cfg.lora_alpha, cfg.use_rslora, layers=layers)
-            adapted = batched_lora(model, [loras[i] for i, _ in examples])
+            adapted = batched_lora(model, [loras[i] for i, _ in examples], cfg.lora_dropout)
             l2 = sum(a.square().mean() + b.square().mean() for a, b in outputs.values())
         with adapted:
             logits = model(input_ids=ids, attention_mask=attn).logits
-        nll = sft_loss(logits, ids, comp, cfg.label_smoothing)
+        nll = sft_loss(logits, ids, comp, cfg.label_smoothing, cfg.per_example_loss)
         loss = nll + cfg.l2_reg * l2 / len(outputs)
         return loss, {"loss": loss.item(), "nll": nll.item(), "tokens": int(attn.sum())}
 
@@ -260,7 +289,7 @@ def build(cfg: T2LTrainConfig) -> Trainable:
     recon = None
     if cfg.objective == "recon":
         recon = ReconTargets(load_library(cfg.library, list(tasks), cfg.rank, fingerprint),
-                             layers)
+                             layers, cfg.recon_target)
     def save(history: list[dict]) -> None:
         out = Path(cfg.out)
         _checkpoint(net, cfg, encoder, model, fingerprint).save(out / "checkpoint",
@@ -275,7 +304,11 @@ def build(cfg: T2LTrainConfig) -> Trainable:
 def t2l_train_loop(config: dict) -> dict:
     """One worker's run (in-process or under Ray Train)."""
     cfg = T2LTrainConfig(**config)
-    return {"history": run_recipe(cfg, build, desc=f"t2l-{cfg.variant}-{cfg.objective}")}
+    guard = (DivergenceGuard(cfg.divergence_factor, max_restarts=cfg.max_restarts)
+             if cfg.divergence_factor and cfg.deepspeed_stage is None and distributed()[1] == 1
+             else None)
+    return {"history": run_recipe(cfg, build, desc=f"t2l-{cfg.variant}-{cfg.objective}",
+                                  guard=guard)}
 
 
 def _checkpoint(net: HyperLoRA, cfg: T2LTrainConfig, encoder, model,
