@@ -77,8 +77,13 @@ def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkey
     rows = t2l.t2l_table(cfg, tmp_path, all_methods(), [0, 1])
     seen_rows = ["seen-mean", "seen-paraphrase-mean"]
     assert {(r.method, r.task) for r in rows} == {
-        (m, t) for m in all_methods() for t in ["reverse-longest", "upper-each", "mean"]} | {
+        (m, t) for m in all_methods() if m not in t2l.SEEN_ONLY
+        for t in ["reverse-longest", "upper-each", "mean"]} | {
         (m, t) for m in t2l.described_methods() for t in seen_rows}
+    assert "t2l-onehot" in t2l.described_methods()
+    for r in rows:  # the answers of every adapter method are compared with the nearest family's
+        if r.task not in seen_rows:
+            assert (r.get("nearest_agreement") is None) == (r.method in t2l.FIXED)
     for r in rows:
         assert r.n_seeds == (1 if r.method in t2l.FIXED else 2)
         assert r.n == (3 if r.task in seen_rows else 10) and 0 <= r.mean <= 100
@@ -97,6 +102,33 @@ def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkey
     monkeypatch.setattr(t2l, "train_t2l", no_training)
     monkeypatch.setattr("t2ray.rl.launch.train", no_training)
     assert t2l.t2l_table(cfg, tmp_path, all_methods(), [0, 1]) == rows
+
+
+def test_agreement_with_the_nearest_family_reads_the_kept_answers(tmp_path, tiny_random):
+    """Answers that are exactly what each item's nearest training family would output agree
+    100%; the gold answers agree only where the two operations happen to coincide."""
+    import json
+
+    import t2ray.experiments.t2l as t2l
+    from t2ray.tasks.grid import answer
+
+    path, _ = tiny_random
+    table = t2l.T2LTable(T2LTableConfig(model=str(path), tasks=["upper-each"], n_test=20,
+                                        train_tasks=TRAIN), tmp_path)
+    task = get_task("upper-each")
+    examples = task.examples("test", 20)
+    k = len(task.descriptions)
+    near = [get_task(table.nearest_family(d)).cell for d in task.descriptions]
+    mimic = [answer(*near[i % k], e.meta["input"].split()) for i, e in enumerate(examples)]
+    out = tmp_path / "answers" / "t2l-sft-M"
+    out.mkdir(parents=True)
+    for seed, texts in ((0, mimic), (1, [e.answer for e in examples])):
+        (out / f"seed{seed}.json").write_text(json.dumps(
+            {"items": table._items_keys, "answers": {"upper-each": texts}}))
+    assert table.nearest_agreement("t2l-sft-M", 0) == {"upper-each": 1.0}
+    same = sum(m == e.answer for m, e in zip(mimic, examples)) / 20
+    assert table.nearest_agreement("t2l-sft-M", 1) == {"upper-each": same} and same < 1
+    assert table.nearest_agreement("t2l-sft-L", 0) is None  # no answers kept
 
 
 def test_retrieval_finds_a_familys_own_description_and_the_tag_row_uses_tags(tmp_path,

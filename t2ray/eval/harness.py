@@ -51,14 +51,23 @@ def max_new_tokens_for(task: Task, engine: Engine, margin: float = 1.5) -> int:
     return int(longest * margin) + 8
 
 
-def score_examples(engine: Engine, task: Task, examples: list,
-                   system: str | None = None, prefill: str = "") -> list[bool]:
+def answer_examples(engine: Engine, task: Task, examples: list, system: str | None = None,
+                    prefill: str = "") -> list[str]:
     """Greedy answers to `examples` (with `system` as the system turn, and the answers forced to
-    start with `prefill`), one verdict each on prefill + completion."""
+    start with `prefill`), each as prefill + completion."""
     completions = engine.generate([Prompt(e.prompt, system, prefill) for e in examples],
                                   max_new_tokens=max_new_tokens_for(task, engine))
-    return [s == CORRECT for s in rewards(task.kind, examples,
-                                          [prefill + c.text for c in completions])]
+    return [prefill + c.text for c in completions]
+
+
+def verdicts_of(task: Task, examples: list, answers: list[str]) -> list[bool]:
+    return [s == CORRECT for s in rewards(task.kind, examples, answers)]
+
+
+def score_examples(engine: Engine, task: Task, examples: list,
+                   system: str | None = None, prefill: str = "") -> list[bool]:
+    """One verdict per example on its greedy answer (`answer_examples`)."""
+    return verdicts_of(task, examples, answer_examples(engine, task, examples, system, prefill))
 
 
 def evaluate_task(engine: Engine, task: Task, split: str = "test", n: int | None = None,

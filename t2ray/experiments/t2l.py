@@ -14,6 +14,15 @@ every item is answered once. Methods (DESIGN.md names):
   the seen families (`<out>/library/`, one LoRA per family, seed 0).
 - `t2l-sft-{L,M,S}`, `t2svf`: trained end to end through the base model (T2L-SFT, text-to-SVF).
 - `t2l-random-desc`: the `t2l-sft-M` checkpoints fed random strings of the same lengths.
+- `t2l-nearest`: retrieval, the library LoRA of the training family whose description is
+  nearest (encoder cosine).
+- `t2l-onehot`: the capacity check, a hypernetwork (M) reconstructing the library from one
+  vector per training family instead of a description; it can only answer the training
+  families, so it has seen-family rows only.
+
+Each described method's held-out answers are kept too, and compared with what the nearest
+training family's operation would output on the same input (`nearest_agreement`): a T2L that
+retrieves rather than composes answers like its nearest family.
 
 Each trained artifact and each method's verdicts per seed are kept under `<out>`, so a rerun
 resumes where it stopped. Greedy methods with fixed weights (`base`, `base+desc`) are scored
@@ -27,7 +36,7 @@ import json
 import random
 import shutil
 import string
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -37,7 +46,7 @@ from rich.console import Console
 from tqdm import tqdm
 
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.harness import score_examples
+from t2ray.eval.harness import answer_examples, verdicts_of
 from t2ray.eval.results import (
     ResultRow,
     invocation,
@@ -52,7 +61,7 @@ from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
 from t2ray.rl.trainer import TrainConfig
 from t2ray.svf.ops import decompose_model
-from t2ray.t2l.encoder import DescriptionEncoder
+from t2ray.t2l.encoder import DescriptionEncoder, load_encoder
 from t2ray.t2l.generate import T2LCheckpoint
 from t2ray.t2l.hypernet import count_trainable
 from t2ray.t2l.train import T2LTrainConfig, seen_instruct_tasks, train_t2l
@@ -69,15 +78,19 @@ def held_out_tasks() -> list[str]:
     return [t.name for t in list_tasks("instruct") if not t.seen]
 
 
+SEEN_ONLY = ("t2l-onehot",)  # methods that cannot read a held-out description
+
+
 def described_methods() -> list[str]:
     """The methods that turn a description into an adapter (read on seen families too)."""
-    return [m for m in all_methods() if m.startswith(("t2l-recon", "t2l-sft")) or m == "t2svf"]
+    return [m for m in all_methods() if m.startswith(("t2l-recon", "t2l-sft"))
+            or m in ("t2svf", *SEEN_ONLY)]
 
 
 def all_methods() -> list[str]:
     return ["base", "base+desc", "base+tag", "base+3shot", "mt-lora", "task-lora", "t2l-nearest",
             *(f"t2l-recon-{v}" for v in VARIANTS), *(f"t2l-sft-{v}" for v in VARIANTS),
-            "t2svf", "t2l-random-desc"]
+            "t2svf", "t2l-random-desc", *SEEN_ONLY]
 
 
 @dataclass
@@ -136,6 +149,7 @@ class T2LTable:
         self.svd_cache = decompose_model(cfg.model, "mlp")
         self.engine = HFEngine(self.model, self.tok, svd_cache=self.svd_cache, name=cfg.model)
         self._encoder = None
+        self._encoders: dict[str, object] = {}  # a checkpoint's own encoder, by name
         self._last: tuple = (None, None)  # the adapter source loaded last: every family reuses it
         self._library_loras: dict = {}
 
@@ -180,6 +194,10 @@ class T2LTable:
             c = self.cfg
             if method == "t2svf":
                 t = T2LTrainConfig(variant="Z", objective="sft", steps=c.sft_steps, lr=c.t2svf_lr)
+            elif method == "t2l-onehot":
+                t = T2LTrainConfig(variant="M", objective="recon", lr=c.t2l_lr,
+                                   steps=c.recon_steps, library=str(self.library()),
+                                   task_embedding="one-hot")
             else:
                 _, objective, variant = method.split("-")
                 t = T2LTrainConfig(variant=variant, objective=objective, lr=c.t2l_lr,
@@ -249,8 +267,11 @@ class T2LTable:
             rng = random.Random(f"{seed}|{task}")
             texts = [random_description(d, rng) for d in descriptions]
             return self.checkpoint(RANDOM_DESC_SOURCE, seed).generate(self.encoder, texts), none
-        return self.checkpoint(method, seed).generate(self.encoder, descriptions,
-                                                      self.svd_cache), none
+        ckpt = self.checkpoint(method, seed)
+        if ckpt.encoder not in self._encoders:
+            self._encoders[ckpt.encoder] = (self.encoder if ckpt.encoder == self.encoder.name
+                                            else load_encoder(ckpt.encoder))
+        return ckpt.generate(self._encoders[ckpt.encoder], descriptions, self.svd_cache), none
 
     def verdicts(self, method: str, seed: int) -> dict[str, list[bool]]:
         """{family: per-test-item verdicts}, kept in `<out>/scores/<method>/seed<k>.json` and
@@ -277,21 +298,48 @@ class T2LTable:
 
     def _verdicts(self, method: str, seed: int, tasks: list[str], n: int | None,
                   probes: bool = False) -> dict[str, list[bool]]:
-        found = {}
+        """Verdicts per family; the held-out answers themselves go to
+        `<out>/answers/<method>/seed<k>.json` (what `nearest_agreement` reads)."""
+        found, answers = {}, {}
         for task_name in tasks:
             task = get_task(task_name)
             examples = task.examples("test", n)
             adapters, systems = self.adapters(method, seed, task_name, probes)
             k = len(adapters)
-            ok = [False] * len(examples)
+            texts = [""] * len(examples)
             for j, (adapter, system) in enumerate(zip(adapters, systems)):
                 rows = list(range(j, len(examples), k))
                 with self.engine.adapted(adapter):
-                    got = score_examples(self.engine, task, [examples[i] for i in rows], system)
-                for i, v in zip(rows, got):
-                    ok[i] = v
-            found[task_name] = ok
+                    got = answer_examples(self.engine, task, [examples[i] for i in rows], system)
+                for i, text in zip(rows, got):
+                    texts[i] = text
+            found[task_name], answers[task_name] = verdicts_of(task, examples, texts), texts
+        if tasks == self.cfg.tasks and not probes:
+            path = self.out / "answers" / method / f"seed{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"items": self._items_keys, "answers": answers}))
         return found
+
+    def nearest_agreement(self, method: str, seed: int) -> dict[str, float] | None:
+        """Per held-out family, the share of `method`'s answers that equal what the nearest
+        training family (by the description each item was answered with) would output on that
+        item's input; None when the answers were not kept for these items."""
+        from t2ray.tasks.grid import answer
+
+        path = self.out / "answers" / method / f"seed{seed}.json"
+        kept = json.loads(path.read_text()) if path.exists() else None
+        if kept is None or kept["items"] != self._items_keys:
+            return None
+        shares = {}
+        for task_name, texts in kept["answers"].items():
+            task = get_task(task_name)
+            examples = task.examples("test", self.cfg.n_test)
+            k = len(task.descriptions)
+            near = [get_task(self.nearest_family(d)).cell for d in task.descriptions]
+            mimic = [replace(e, answer=answer(*near[i % k], e.meta["input"].split()))
+                     for i, e in enumerate(examples)]
+            shares[task_name] = sum(verdicts_of(task, mimic, texts)) / len(texts)
+        return shares
 
     def params(self, method: str) -> int:
         if method in FIXED:
@@ -317,20 +365,27 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
     table = T2LTable(cfg, out)
     rows, entries = [], []
     for method in methods:
-        per_seed = {s: table.verdicts(method, s) for s in (seeds[:1] if method in FIXED else seeds)}
-        entries += [verdict_entry(task, method, "test", found[task], seed)
-                    for seed, found in per_seed.items() for task in cfg.tasks]
         params = table.params(method)
-        for task in [*cfg.tasks, "mean"]:
-            accs = [100 * (sum(sum(v) / len(v) for v in found.values()) / len(found)
-                           if task == "mean" else sum(found[task]) / len(found[task]))
-                    for found in per_seed.values()]
-            m, sd = mean_sd(accs)
-            rows.append(ResultRow(table_name, task, method, round(m, 2), round(sd, 2), len(accs),
-                                  params, command,
-                                  n=len(next(iter(per_seed.values()))[cfg.tasks[0]])))
-        console.print(f"{method:>16}: {rows[-1].mean:.1f} +- {rows[-1].sd:.1f}% "
-                      "mean over the held-out families")
+        if method not in SEEN_ONLY:
+            per_seed = {s: table.verdicts(method, s)
+                        for s in (seeds[:1] if method in FIXED else seeds)}
+            entries += [verdict_entry(task, method, "test", found[task], seed)
+                        for seed, found in per_seed.items() for task in cfg.tasks]
+            agreement = {s: table.nearest_agreement(method, s) for s in per_seed}
+            for task in [*cfg.tasks, "mean"]:
+                accs = [100 * (sum(sum(v) / len(v) for v in found.values()) / len(found)
+                               if task == "mean" else sum(found[task]) / len(found[task]))
+                        for found in per_seed.values()]
+                m, sd = mean_sd(accs)
+                agree = [sum(a.values()) / len(a) if task == "mean" else a[task]
+                         for a in agreement.values() if a]
+                extra = ({"nearest_agreement": round(100 * sum(agree) / len(agree), 2)}
+                         if agree and method not in FIXED else {})
+                rows.append(ResultRow(table_name, task, method, round(m, 2), round(sd, 2),
+                                      len(accs), params, command, extra=extra,
+                                      n=len(next(iter(per_seed.values()))[cfg.tasks[0]])))
+            console.print(f"{method:>16}: {rows[-1].mean:.1f} +- {rows[-1].sd:.1f}% "
+                          "mean over the held-out families")
         if cfg.seen_n and method in described_methods():
             for label, probes in (("seen-mean", False), ("seen-paraphrase-mean", True)):
                 found = {s: table.seen_verdicts(method, s, probes) for s in seeds}
