@@ -33,6 +33,26 @@ def random_library(model, root):
     return root
 
 
+def test_tasks_are_visited_evenly():
+    """Every task once per epoch, distinct tasks in each batch, a new order each epoch."""
+    from collections import Counter
+
+    from t2ray.t2l.train import task_batch
+
+    tasks = [f"t{i}" for i in range(10)]
+    for k in (2, 5, 4):
+        per_epoch = -(-10 // k)
+        for epoch in range(3):
+            batches = [task_batch(tasks, k, epoch * per_epoch + j, "0")
+                       for j in range(per_epoch)]
+            assert all(len(set(b)) == len(b) == k for b in batches)
+            counts = Counter(t for b in batches for t in b)
+            assert set(counts) == set(tasks) and max(counts.values()) <= 2
+            if 10 % k == 0:
+                assert set(counts.values()) == {1}
+    assert task_batch(tasks, 5, 0, "0") != task_batch(tasks, 5, 2, "0")
+
+
 def test_tasks_exist_and_are_seen():
     assert all(get_task(t).seen for t in TASKS)
 

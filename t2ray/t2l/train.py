@@ -4,7 +4,8 @@
   training task): L1 on element-wise z-scored A and B (`recon_target: ab`), or on the update
   delta W = B A itself (`delta_w`, scaled by its std per module type); both are in the reference.
 - `sft`: end to end through the frozen base model. Each batch mixes `tasks_per_batch` training
-  tasks; every task gets one random description of its own, the hypernetwork turns the batch of
+  tasks, visited evenly (`task_batch`: every task once per epoch); every task gets one random
+  description of its own, the hypernetwork turns the batch of
   descriptions into LoRAs in one forward, and each row of the language-model batch runs with its
   task's LoRA (`batched_lora`). Variant Z (text-to-SVF) trains this way only, each row running
   with its own expert vector on the factorized SVF path. Completion-only loss, plus the
@@ -135,6 +136,19 @@ class T2LTrainConfig:
                              f"{len(self.task_names())} training tasks")
 
 
+def task_batch(tasks: list[str], k: int, step: int, seed: str) -> list[str]:
+    """The `k` tasks of `step`: epochs of ceil(len(tasks) / k) steps walk a seeded permutation
+    of the tasks, so every task comes once per epoch; an epoch's last batch, when k does not
+    divide the task count, is topped up with other tasks drawn at random."""
+    per_epoch = -(-len(tasks) // k)
+    epoch, j = divmod(step, per_epoch)
+    order = list(tasks)
+    random.Random(f"{seed}|epoch{epoch}").shuffle(order)
+    batch = order[j * k:(j + 1) * k]
+    rest = [t for t in order if t not in batch]
+    return batch + random.Random(f"{seed}|step{step}").sample(rest, k - len(batch))
+
+
 def build_hypernet(cfg: T2LTrainConfig, base_config: dict, encoder_dim: int) -> HyperLoRA:
     targets = list(SVF_MLP) if cfg.variant == "Z" else cfg.targets
     n_layers, modules = lora_targets(base_config, targets)
@@ -247,7 +261,7 @@ def build(cfg: T2LTrainConfig) -> Trainable:
     def draw(step: int) -> tuple[random.Random, list[str], dict]:
         """The step's tasks, one description each, and the hypernetwork's outputs for them."""
         rng = random.Random(f"{cfg.seed}|{step}|{rank}")
-        names = rng.sample(list(tasks), cfg.tasks_per_batch)
+        names = task_batch(list(tasks), cfg.tasks_per_batch, step, f"{cfg.seed}|{rank}")
         descriptions = [rng.choice(tasks[n].descriptions) for n in names]
         return rng, names, forward(encoder.encode(descriptions))
 
