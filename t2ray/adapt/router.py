@@ -81,9 +81,8 @@ def confidence(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pick_labels(scores: torch.Tensor, categories: tuple[str, ...], threshold: float) -> list[str]:
-    confidence_, best = confidence(scores)
-    return [BASE if c < threshold else categories[i]
-            for c, i in zip(confidence_.tolist(), best.tolist())]
+    top, best = confidence(scores)
+    return [BASE if c < threshold else categories[i] for c, i in zip(top.tolist(), best.tolist())]
 
 
 def choose_threshold(scores: torch.Tensor, truth: list[str], categories: tuple[str, ...] =

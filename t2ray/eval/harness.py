@@ -90,6 +90,16 @@ def seeds_interval(verdicts_by_seed, keys, base=None) -> tuple[float, float]:
     return cluster_bootstrap(values, list(keys) * len(verdicts_by_seed), paired)
 
 
+def interval_fields(verdicts_by_seed, keys, base=None) -> dict:
+    """A row's `ci95` (of the seeds' mean accuracy, in %) and, with the `base`'s verdicts on the
+    same items, its `diff_vs_base_ci95` (`seeds_interval`)."""
+    out = {"ci95": [round(100 * v, 2) for v in seeds_interval(verdicts_by_seed, keys)]}
+    if base is not None:
+        out["diff_vs_base_ci95"] = [round(100 * v, 2) for v in
+                                    seeds_interval(verdicts_by_seed, keys, base)]
+    return out
+
+
 def accuracy_interval(verdicts, keys) -> tuple[float, float, str]:
     """95% interval of an accuracy: Wilson when every item has its own content, else a bootstrap
     over contents (items that repeat a content are not independent draws)."""

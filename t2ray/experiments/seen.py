@@ -18,7 +18,7 @@ from rich.table import Table
 
 from t2ray.engines.base import adapter_fingerprint
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.harness import EvalRow, evaluate_task, seeds_interval
+from t2ray.eval.harness import EvalRow, evaluate_task, interval_fields
 from t2ray.eval.results import (
     ROW_COLUMNS,
     ResultRow,
@@ -112,14 +112,8 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
 
 
 def _intervals(evals: list[EvalRow], keys: list[str], base: EvalRow | None = None) -> dict:
-    """95% intervals of the mean over seeds and (against `base`) of its difference to the base,
-    resampling the test items' contents."""
-    by_seed = [e.item_correct for e in evals]
-    out = {"ci95": [round(100 * v, 2) for v in seeds_interval(by_seed, keys)]}
-    if base is not None:
-        out["diff_vs_base_ci95"] = [round(100 * v, 2) for v in
-                                    seeds_interval(by_seed, keys, base.item_correct)]
-    return out
+    return interval_fields([e.item_correct for e in evals], keys,
+                           None if base is None else base.item_correct)
 
 
 def _cached_eval(path: Path, engine, adapter, task, n_test: int | None) -> EvalRow:

@@ -61,7 +61,7 @@ from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
 from t2ray.rl.trainer import TrainConfig
 from t2ray.svf.ops import decompose_model
-from t2ray.t2l.encoder import DescriptionEncoder, load_encoder
+from t2ray.t2l.encoder import DEFAULT_ENCODER, DescriptionEncoder, load_encoder
 from t2ray.t2l.generate import T2LCheckpoint
 from t2ray.t2l.hypernet import count_trainable
 from t2ray.t2l.train import T2LTrainConfig, seen_instruct_tasks, train_t2l
@@ -269,7 +269,7 @@ class T2LTable:
             return self.checkpoint(RANDOM_DESC_SOURCE, seed).generate(self.encoder, texts), none
         ckpt = self.checkpoint(method, seed)
         if ckpt.encoder not in self._encoders:
-            self._encoders[ckpt.encoder] = (self.encoder if ckpt.encoder == self.encoder.name
+            self._encoders[ckpt.encoder] = (self.encoder if ckpt.encoder == DEFAULT_ENCODER
                                             else load_encoder(ckpt.encoder))
         return ckpt.generate(self._encoders[ckpt.encoder], descriptions, self.svd_cache), none
 
@@ -371,7 +371,8 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
                         for s in (seeds[:1] if method in FIXED else seeds)}
             entries += [verdict_entry(task, method, "test", found[task], seed)
                         for seed, found in per_seed.items() for task in cfg.tasks]
-            agreement = {s: table.nearest_agreement(method, s) for s in per_seed}
+            agreement = ({} if method in FIXED
+                         else {s: table.nearest_agreement(method, s) for s in per_seed})
             for task in [*cfg.tasks, "mean"]:
                 accs = [100 * (sum(sum(v) / len(v) for v in found.values()) / len(found)
                                if task == "mean" else sum(found[task]) / len(found[task]))
@@ -380,7 +381,7 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
                 agree = [sum(a.values()) / len(a) if task == "mean" else a[task]
                          for a in agreement.values() if a]
                 extra = ({"nearest_agreement": round(100 * sum(agree) / len(agree), 2)}
-                         if agree and method not in FIXED else {})
+                         if agree else {})
                 rows.append(ResultRow(table_name, task, method, round(m, 2), round(sd, 2),
                                       len(accs), params, command, extra=extra,
                                       n=len(next(iter(per_seed.values()))[cfg.tasks[0]])))

@@ -27,7 +27,7 @@ from t2ray.adapt.router import BASE, Router
 from t2ray.adapt.two_pass import TwoPass
 from t2ray.engines.base import Engine
 from t2ray.engines.factory import build_engine
-from t2ray.eval.harness import max_new_tokens_for
+from t2ray.eval.harness import interval_fields, max_new_tokens_for
 from t2ray.eval.results import (
     ROW_COLUMNS,
     ResultRow,
@@ -98,8 +98,11 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
                       strategy: str, seed: int, n_test: int | None,
                       fewshot: FewShotConfig | None = None, model: str | None = None,
                       storage: Path | None = None, scorers: list | None = None,
-                      verify: RewardCache | None = None) -> StrategyScore:
+                      verify: RewardCache | None = None,
+                      calibrated: dict | None = None) -> StrategyScore:
     """One strategy on one task's test split; `cache` is the engine's base model's SVD cache.
+    `calibrated` keeps a router's (threshold, route validation and test accuracy) across the
+    tasks of one library, since they do not depend on the task.
     `verify` caches verdicts across strategies and seeds (many answers repeat, and each code
     answer costs a sandboxed run)."""
     task = get_task(task_name)
@@ -128,9 +131,13 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
     classifier = lib.get(CLASSIFIER, expect_fingerprint=fp) if strategy == "classifier" else None
     experts = {c: lib.get(c, expect_fingerprint=fp) for c in EXPERT_CATEGORIES}
     router = Router(engine, classifier=classifier)
-    score.router_val_accuracy = router.calibrate()
+    calibrated = {} if calibrated is None else calibrated
+    if strategy not in calibrated:
+        val_accuracy = router.calibrate()
+        calibrated[strategy] = (router.threshold, val_accuracy, router.accuracy("test"))
+    (router.threshold, score.router_val_accuracy,
+     score.router_test_accuracy) = calibrated[strategy]
     score.router_threshold = router.threshold
-    score.router_test_accuracy = router.accuracy("test")
     result = TwoPass(engine, experts, router).run(questions, max_new)
     score.first_pass_share = result.first_pass_share
     score.routed = result.group_sizes
@@ -187,6 +194,7 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
             library_key = library_fingerprint(lib)
             fs = replace(fewshot, seed=seed)
             scorers = None  # engine actors, started on the first search and shared by all tasks
+            calibrated: dict = {}  # this library's routers, calibrated once for all tasks
             for task_name in tasks:
                 for strategy in strategies:
                     t0 = time.perf_counter()
@@ -209,7 +217,8 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                             scorers = start_scorers(model, svd_cache,
                                                     [lib.root / c for c in EXPERT_CATEGORIES], fs)
                         s = evaluate_strategy(eng, cache, lib, task_name, strategy, seed, n_test,
-                                              fs, model, out / "tune", scorers, verify[task_name])
+                                              fs, model, out / "tune", scorers, verify[task_name],
+                                              calibrated)
                         kept.parent.mkdir(parents=True, exist_ok=True)
                         kept.write_text(json.dumps({"settings": settings, "score": s.__dict__}))
                     scores.append(s)
@@ -279,19 +288,13 @@ def _bits(verdicts: str) -> list[bool]:
 
 
 def _intervals(scores: list[StrategyScore], group: list[StrategyScore]) -> dict:
-    from t2ray.eval.harness import seeds_interval
-
     task = group[0].task
     keys = [k for k, _ in get_task(task).keyed_examples("test", group[0].n)]
-    by_seed = [_bits(s.verdicts) for s in group]
-    out = {"ci95": [round(100 * v, 2) for v in seeds_interval(by_seed, keys)],
-           "interval": "cluster-bootstrap over contents, seeds pooled"}
     base = next((s for s in scores if (s.task, s.strategy) == (task, "none") and s.verdicts),
                 None)
-    if base is not None and group[0].strategy != "none":
-        out["diff_vs_base_ci95"] = [round(100 * v, 2) for v in
-                                    seeds_interval(by_seed, keys, _bits(base.verdicts))]
-    return out
+    paired = None if base is None or group[0].strategy == "none" else _bits(base.verdicts)
+    return {**interval_fields([_bits(s.verdicts) for s in group], keys, paired),
+            "interval": "cluster-bootstrap over contents, seeds pooled"}
 
 
 def _routing(scores: list[StrategyScore], group: list[StrategyScore]) -> dict:
