@@ -657,6 +657,26 @@ def results_t2l(
               results_json=results, table_name=table)
 
 
+@results_app.command("t2l-tune")
+def results_t2l_tune(
+    config: Path = typer.Option(..., help="YAML with T2LTableConfig fields (val_families)."),
+    method: str = typer.Option("t2l-sft-M", help="A hypernetwork method of the T2L table."),
+    grid: list[str] = typer.Option([], help="FIELD=v1,v2 over T2LTrainConfig (repeatable)."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("runs/t2l-tune")),
+    table_out: Path = typer.Option(Path("runs/t2l-table"),
+                                   help="The table's --out (its LoRA library)."),
+):
+    """Choose the T2L recipe on validation families only (seen families left out of training)."""
+    from t2ray.experiments.seen import parse_grid
+    from t2ray.experiments.t2l import T2LTableConfig, tune_t2l
+    from t2ray.t2l.train import T2LTrainConfig
+
+    cfg = T2LTableConfig.from_yaml(config)
+    cfg.validate()
+    tune_t2l(cfg, method, parse_grid(T2LTrainConfig(), grid), out, table_out, seed)
+
+
 def _int_list(values: str) -> list[int]:
     try:
         return [int(v) for v in _split_names(values)]

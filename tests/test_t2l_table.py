@@ -56,6 +56,64 @@ def test_table_config_refuses_leaks():
     assert not any(get_task(t).seen for t in T2LTableConfig().tasks)
 
 
+def test_the_table_recipe_reaches_every_hypernetwork_and_may_not_override_the_table(tmp_path):
+    cfg = T2LTableConfig(sft_recipe={"warmup_ratio": 0.2, "use_rslora": True},
+                         recon_recipe={"recon_target": "delta_w"}, t2l_lr=3e-4, t2svf_lr=2e-3,
+                         sft_steps=7, recon_steps=9, val_families=["upper-word"])
+    cfg.validate()
+    sft = cfg.train_config("t2l-sft-S", 1, tmp_path, None)
+    assert (sft.variant, sft.objective, sft.steps, sft.lr, sft.seed) == ("S", "sft", 7, 3e-4, 1)
+    assert sft.warmup_ratio == 0.2 and sft.use_rslora and sft.recon_target == "ab"
+    assert "upper-word" in sft.tasks  # the table trains on the validation families
+    z = cfg.train_config("t2svf", 0, tmp_path, None)
+    assert (z.variant, z.lr, z.warmup_ratio) == ("Z", 2e-3, 0.2)
+    onehot = cfg.train_config("t2l-onehot", 0, tmp_path, tmp_path / "lib")
+    assert (onehot.task_embedding, onehot.objective, onehot.recon_target, onehot.steps) == (
+        "one-hot", "recon", "delta_w", 9) and onehot.library == str(tmp_path / "lib")
+    assert onehot.warmup_ratio == 0.0  # the SFT recipe is not the reconstruction's
+    with pytest.raises(ValueError, match="not recipe fields"):
+        T2LTableConfig(sft_recipe={"steps": 5}).validate()
+    with pytest.raises(ValueError, match="not recipe fields"):
+        T2LTableConfig(recon_recipe={"warmup": 0.2}).validate()
+    with pytest.raises(ValueError, match="validation families must be seen"):
+        T2LTableConfig(val_families=["reverse-longest"]).validate()
+
+
+def test_tuning_reads_only_the_validation_families_and_resumes(tmp_path, tiny_random,
+                                                              monkeypatch):
+    import json
+
+    import t2ray.experiments.t2l as t2l
+    from t2ray.experiments.seen import parse_grid
+    from t2ray.t2l.train import T2LTrainConfig
+
+    path, _ = tiny_random
+    cfg = T2LTableConfig(model=str(path), sft_steps=2, threads=1, train_tasks=TRAIN,
+                         val_families=TRAIN[:2], sft_recipe={"tasks_per_batch": 3,
+                                                             "eval_n": 3, "eval_tasks": 1})
+    trained = []
+    real = t2l.train_t2l
+    monkeypatch.setattr(t2l, "train_t2l", lambda c, **k: trained.append(c) or real(c, **k))
+    grid = parse_grid(T2LTrainConfig(), ["lr=0.001,0.01", "use_rslora=false"])
+    assert grid == {"lr": [0.001, 0.01], "use_rslora": [False]}
+    summary = t2l.tune_t2l(cfg, "t2l-sft-M", grid, tmp_path / "tune", tmp_path / "table")
+    assert [c.lr for c in trained] == [0.001, 0.01]
+    for c in trained:
+        assert c.val_tasks == TRAIN[:2] and not set(c.task_names()) & set(TRAIN[:2])
+    best = max(summary["points"], key=lambda p: p["val_heldout_accuracy"])
+    assert summary["selected"] == best and len(summary["points"]) == 2
+    record = json.loads((tmp_path / "tune" / "t2l-sft-M" / "tuning.json").read_text())
+    assert record["val_families"] == TRAIN[:2]
+    trained.clear()
+    again = t2l.tune_t2l(cfg, "t2l-sft-M", {"lr": [0.01], "use_rslora": [False]},
+                         tmp_path / "tune", tmp_path / "table")
+    assert trained == [] and len(again["points"]) == 2  # finished points are reused and kept
+    with pytest.raises(ValueError, match="needs val_families"):
+        t2l.tune_t2l(T2LTableConfig(), "t2l-sft-M", grid, tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="bad grid"):
+        parse_grid(T2LTrainConfig(), ["use_rslora=yes"])
+
+
 def test_random_descriptions_keep_length_and_differ():
     d = get_task("reverse-longest").descriptions[0]
     a, b = (random_description(d, random.Random(s)) for s in (0, 1))
@@ -78,7 +136,7 @@ def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkey
     seen_rows = ["seen-mean", "seen-paraphrase-mean"]
     assert {(r.method, r.task) for r in rows} == {
         (m, t) for m in all_methods() if m not in t2l.SEEN_ONLY
-        for t in ["reverse-longest", "upper-each", "mean"]} | {
+        for t in ["reverse-longest", "upper-each", t2l.MEAN]} | {
         (m, t) for m in t2l.described_methods() for t in seen_rows}
     assert "t2l-onehot" in t2l.described_methods()
     for r in rows:  # the answers of every adapter method are compared with the nearest family's
@@ -154,3 +212,28 @@ def test_retrieval_finds_a_familys_own_description_and_the_tag_row_uses_tags(tmp
     assert len(set(systems)) == 1 and all(e.prompt in systems[0] and e.solution in systems[0]
                                           for e in train)
     assert not any(e.prompt in systems[0] for e in get_task("upper-each").examples("test"))
+
+
+def test_each_item_is_answered_with_its_descriptions_adapter_and_system_in_one_batch(
+        tmp_path, tiny_random):
+    """Item i of a family runs with description i mod k's adapter and system turn; all of a
+    family's items go to the engine as one per-row batch."""
+    import json
+
+    import torch
+    from fake_engine import FakeEngine
+
+    import t2ray.experiments.t2l as t2l
+    from t2ray.lora.weights import init_lora
+
+    path, _ = tiny_random
+    table = t2l.T2LTable(T2LTableConfig(model=str(path), tasks=["upper-each"], n_test=7,
+                                        train_tasks=TRAIN), tmp_path)
+    loras = [init_lora(table.model, 2, 4.0, generator=torch.Generator().manual_seed(k))
+             for k in range(3)]
+    table.adapters = lambda *a: (loras, ["s0", "s1", "s2"])
+    table.engine = FakeEngine(lambda p, a: f"{[x is a for x in loras].index(True)}|{p.system}")
+    table._verdicts("t2l-sft-M", 0, ["upper-each"], 7)
+    kept = json.loads((tmp_path / "answers" / "t2l-sft-M" / "seed0.json").read_text())
+    assert kept["answers"]["upper-each"] == [f"{i % 3}|s{i % 3}" for i in range(7)]
+    assert [c[2] for c in table.engine.calls if c[0] == "generate"] == [7]

@@ -173,6 +173,38 @@ def test_bad_configs_are_refused(tmp_path):
         small(tmp_path, recon_target="svd").validate()
     with pytest.raises(FileNotFoundError, match="no LoRA for task"):
         train_t2l(small(tmp_path, objective="recon", library=str(tmp_path / "none"), steps=1))
+    with pytest.raises(ValueError, match="validation families must be seen"):
+        small(tmp_path, val_tasks=["reverse-word"]).validate()
+    with pytest.raises(ValueError, match="one-hot task embedding cannot read"):
+        small(tmp_path, val_tasks=[TASKS[0]], task_embedding="one-hot", tasks_per_batch=2,
+              objective="recon", library="x").validate()
+
+
+def test_validation_families_are_left_out_of_training_and_read_apart(tmp_path, monkeypatch):
+    """A validation family never reaches a training batch and is read on its validation split
+    with its own descriptions (the items taking turns over several of them)."""
+    import t2ray.t2l.train as train_mod
+
+    read = []
+    real = train_mod.validation_accuracy
+
+    def recording(ckpt, encoder, model, tok, names, n, svd_cache=None, n_descriptions=1):
+        read.append((list(names), n_descriptions))
+        return real(ckpt, encoder, model, tok, names, n, svd_cache, n_descriptions)
+
+    batches = []
+    real_batch = train_mod.task_batch
+    monkeypatch.setattr(train_mod, "validation_accuracy", recording)
+    monkeypatch.setattr(train_mod, "task_batch",
+                        lambda *a: batches.append(real_batch(*a)) or batches[-1])
+    cfg = small(tmp_path, val_tasks=[TASKS[2]], tasks_per_batch=2, steps=4, eval_every=4,
+                eval_n=5)
+    assert cfg.task_names() == TASKS[:2]
+    result = train_t2l(cfg)
+    assert {t for b in batches for t in b} == set(TASKS[:2]) and len(batches) == 4
+    assert read[-1] == ([TASKS[2]], train_mod.VAL_DESCRIPTIONS) and read[0][0] != [TASKS[2]]
+    last = result["history"][-1]
+    assert 0 <= last["val_heldout_accuracy"] <= 1 and "val_accuracy" in last
 
 
 def test_text_to_svf_learns_through_the_factorized_path(tmp_path):

@@ -51,11 +51,15 @@ def max_new_tokens_for(task: Task, engine: Engine, margin: float = 1.5) -> int:
     return int(longest * margin) + 8
 
 
-def answer_examples(engine: Engine, task: Task, examples: list, system: str | None = None,
-                    prefill: str = "") -> list[str]:
-    """Greedy answers to `examples` (with `system` as the system turn, and the answers forced to
-    start with `prefill`), each as prefill + completion."""
-    completions = engine.generate([Prompt(e.prompt, system, prefill) for e in examples],
+def answer_examples(engine: Engine, task: Task, examples: list,
+                    system: str | list[str | None] | None = None, prefill: str = "") -> list[str]:
+    """Greedy answers to `examples` (with `system` as the system turn, or a list of one per
+    example, and the answers forced to start with `prefill`), each as prefill + completion."""
+    systems = system if isinstance(system, list) else [system] * len(examples)
+    if len(systems) != len(examples):
+        raise ValueError(f"{len(systems)} system turns for {len(examples)} examples")
+    completions = engine.generate([Prompt(e.prompt, s, prefill)
+                                   for e, s in zip(examples, systems)],
                                   max_new_tokens=max_new_tokens_for(task, engine))
     return [prefill + c.text for c in completions]
 

@@ -163,15 +163,24 @@ def sweep_config(path: Path | None, model: str | None = None, steps: int | None 
 
 
 def parse_grid(cfg, specs: list[str]) -> dict[str, list]:
-    """`FIELD=v1,v2,...` specs into {field: values}, each value of the field's own type."""
+    """`FIELD=v1,v2,...` specs into {field: values}, each value of the field's own type (a
+    field of `cfg`'s dataclass; booleans as true/false)."""
     grid = {}
     for spec in specs:
         key, _, values = spec.partition("=")
         if not hasattr(cfg, key) or not values:
-            raise ValueError(f"bad grid {spec!r}: expected FIELD=v1,v2 with a TrainConfig field")
-        kind = type(getattr(cfg, key))
-        grid[key] = [kind(v) for v in values.split(",")]
+            raise ValueError(f"bad grid {spec!r}: expected FIELD=v1,v2 with a field of "
+                             f"{type(cfg).__name__}")
+        grid[key] = [_typed(getattr(cfg, key), v, spec) for v in values.split(",")]
     return grid
+
+
+def _typed(like, value: str, spec: str):
+    if isinstance(like, bool):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"bad grid {spec!r}: {value!r} is not true or false")
+        return value.lower() == "true"
+    return type(like)(value)
 
 
 def _settings(point: dict) -> dict:

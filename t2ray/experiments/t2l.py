@@ -70,6 +70,10 @@ from t2ray.tasks import get_task, list_tasks
 VARIANTS = ("L", "M", "S")
 RANDOM_DESC_SOURCE = "t2l-sft-M"
 FIXED = ("base", "base+desc", "base+tag", "base+3shot")  # fixed weights: one score for all seeds
+# T2LTrainConfig fields the table sets itself (a recipe may not)
+TABLE_SET = {"out", "model", "seed", "threads", "tasks", "val_tasks", "variant", "objective",
+             "library", "steps", "lr", "rank", "lora_alpha", "eval_every", "checkpoint_every",
+             "task_embedding", "deepspeed_stage"}
 SHOTS = 3  # base+3shot: demonstrations from the family's train split, in the system turn
 console = Console()
 
@@ -79,6 +83,7 @@ def held_out_tasks() -> list[str]:
 
 
 SEEN_ONLY = ("t2l-onehot",)  # methods that cannot read a held-out description
+MEAN = "held-out-mean"  # the row of the mean over the held-out families
 
 
 def described_methods() -> list[str]:
@@ -114,6 +119,13 @@ class T2LTableConfig:
     threads: int = 2
     tasks: list[str] = field(default_factory=held_out_tasks)  # scored (held-out families)
     train_tasks: list[str] = field(default_factory=list)  # empty: every seen family
+    # T2LTrainConfig fields for every end-to-end (SFT, text-to-SVF too) and every
+    # reconstruction hypernetwork: the recipe `t2ray results t2l-tune` chose on validation.
+    sft_recipe: dict = field(default_factory=dict)
+    recon_recipe: dict = field(default_factory=dict)
+    # Seen families that the tuning runs leave out of training and read on validation (the
+    # generalisation reading a recipe is chosen by); the table's runs train on them.
+    val_families: list[str] = field(default_factory=list)
 
     def training_tasks(self) -> list[str]:
         return list(self.train_tasks) or seen_instruct_tasks()
@@ -129,6 +141,34 @@ class T2LTableConfig:
         unseen = [t for t in self.training_tasks() if not get_task(t).seen]
         if unseen:
             raise ValueError(f"held-out families may not be trained on: {unseen}")
+        fields = set(T2LTrainConfig.__dataclass_fields__) - TABLE_SET
+        for name in ("sft_recipe", "recon_recipe"):
+            bad = set(getattr(self, name)) - fields
+            if bad:
+                raise ValueError(f"{name}: {sorted(bad)} are not recipe fields (T2LTrainConfig "
+                                 f"fields other than those the table sets: {sorted(TABLE_SET)})")
+        T2LTrainConfig(val_tasks=self.val_families).validate()
+
+    def train_config(self, method: str, seed: int, out: Path, library: Path | None = None
+                     ) -> T2LTrainConfig:
+        """A hypernetwork method's training run: the table's settings, then its recipe."""
+        if method == "t2svf":
+            t = T2LTrainConfig(**self.sft_recipe, variant="Z", objective="sft",
+                               steps=self.sft_steps, lr=self.t2svf_lr)
+        else:
+            objective, variant = ("recon", "M") if method == "t2l-onehot" else method.split("-")[1:]
+            recipe = self.recon_recipe if objective == "recon" else self.sft_recipe
+            t = T2LTrainConfig(**recipe, lr=self.t2l_lr, variant=variant,
+                               objective=objective,
+                               steps=self.recon_steps if objective == "recon" else self.sft_steps,
+                               library=str(library) if objective == "recon" else None)
+            if method == "t2l-onehot":
+                t.task_embedding = "one-hot"
+        t.out, t.model, t.seed, t.threads = str(out), self.model, seed, self.threads
+        t.tasks = self.training_tasks()
+        t.rank, t.lora_alpha = self.rank, self.lora_alpha
+        t.eval_every, t.checkpoint_every = t.steps, t.steps
+        return t
 
 
 def demonstrations(task, k: int = SHOTS) -> str:
@@ -191,23 +231,7 @@ class T2LTable:
     def checkpoint(self, method: str, seed: int) -> T2LCheckpoint:
         run = self.out / method / f"seed{seed}"
         if not (run / "checkpoint").exists():
-            c = self.cfg
-            if method == "t2svf":
-                t = T2LTrainConfig(variant="Z", objective="sft", steps=c.sft_steps, lr=c.t2svf_lr)
-            elif method == "t2l-onehot":
-                t = T2LTrainConfig(variant="M", objective="recon", lr=c.t2l_lr,
-                                   steps=c.recon_steps, library=str(self.library()),
-                                   task_embedding="one-hot")
-            else:
-                _, objective, variant = method.split("-")
-                t = T2LTrainConfig(variant=variant, objective=objective, lr=c.t2l_lr,
-                                   steps=c.recon_steps if objective == "recon" else c.sft_steps,
-                                   library=str(self.library()) if objective == "recon" else None)
-            t.out, t.model, t.seed, t.threads = str(run), c.model, seed, c.threads
-            t.tasks = c.training_tasks()
-            t.rank, t.lora_alpha = c.rank, c.lora_alpha
-            t.eval_every, t.checkpoint_every = t.steps, t.steps
-            train_t2l(t, workers=0)
+            train_t2l(self.cfg.train_config(method, seed, run, self.library()), workers=0)
         return self._load_once(run, lambda: T2LCheckpoint.load(
             run / "checkpoint", expect_fingerprint=self.svd_cache.fingerprint))
 
@@ -305,14 +329,12 @@ class T2LTable:
             task = get_task(task_name)
             examples = task.examples("test", n)
             adapters, systems = self.adapters(method, seed, task_name, probes)
-            k = len(adapters)
-            texts = [""] * len(examples)
-            for j, (adapter, system) in enumerate(zip(adapters, systems)):
-                rows = list(range(j, len(examples), k))
-                with self.engine.adapted(adapter):
-                    got = answer_examples(self.engine, task, [examples[i] for i in rows], system)
-                for i, text in zip(rows, got):
-                    texts[i] = text
+            k = len(adapters)  # item i is answered with description i mod k: one batch, each
+            rows = range(len(examples))  # row with its own adapter and system turn
+            per_row = [adapters[i % k] for i in rows]
+            with self.engine.adapted(None if all(a is None for a in per_row) else per_row):
+                texts = answer_examples(self.engine, task, examples,
+                                        [systems[i % k] for i in rows])
             found[task_name], answers[task_name] = verdicts_of(task, examples, texts), texts
         if tasks == self.cfg.tasks and not probes:
             path = self.out / "answers" / method / f"seed{seed}.json"
@@ -373,12 +395,12 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
                         for seed, found in per_seed.items() for task in cfg.tasks]
             agreement = ({} if method in FIXED
                          else {s: table.nearest_agreement(method, s) for s in per_seed})
-            for task in [*cfg.tasks, "mean"]:
+            for task in [*cfg.tasks, MEAN]:
                 accs = [100 * (sum(sum(v) / len(v) for v in found.values()) / len(found)
-                               if task == "mean" else sum(found[task]) / len(found[task]))
+                               if task == MEAN else sum(found[task]) / len(found[task]))
                         for found in per_seed.values()]
                 m, sd = mean_sd(accs)
-                agree = [sum(a.values()) / len(a) if task == "mean" else a[task]
+                agree = [sum(a.values()) / len(a) if task == MEAN else a[task]
                          for a in agreement.values() if a]
                 extra = ({"nearest_agreement": round(100 * sum(agree) / len(agree), 2)}
                          if agree else {})
@@ -409,12 +431,67 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
 
 def summary_table(rows: list[ResultRow]) -> str:
     """One line per method: parameters, the mean over held-out families (mean +- sd over
-    seeds) and that mean as a share of the per-task (oracle) LoRAs' when they were scored."""
-    means = {r.method: r for r in rows if r.task == "mean"}
-    oracle = means["task-lora"].mean if "task-lora" in means else None
-    lines = ["| method | params | held-out mean (%) | of task-lora |", "|---|---|---|---|"]
-    for method, r in means.items():
-        share = f"{100 * r.mean / oracle:.0f}%" if oracle else ""
-        lines.append(f"| {method} | {r.params:,} | {r.mean:.1f} +- {r.sd:.1f} "
-                     f"({r.n_seeds} seeds) | {share} |")
+    seeds), the seen-family and paraphrase means, and the held-out mean as a share of the
+    per-task (oracle) LoRAs' and of the tag ceiling's (`base+tag`) when they were scored."""
+    by = {(r.method, r.task): r for r in rows}
+    means = {r.method: r for r in rows if r.task == MEAN}
+    refs = [(m, means[m].mean) for m in ("task-lora", "base+tag") if m in means]
+    lines = ["| method | params | held-out mean (%) | seen | seen paraphrases | "
+             + " | ".join(f"of {m}" for m, _ in refs) + " |",
+             "|---|---|---|---|---|" + "---|" * len(refs)]
+    for method in dict.fromkeys(r.method for r in rows):
+        r = means.get(method)
+        seen = [f"{by[method, t].mean:.1f}" if (method, t) in by else ""
+                for t in ("seen-mean", "seen-paraphrase-mean")]
+        shares = [f"{100 * r.mean / v:.0f}%" if r and v else "" for _, v in refs]
+        held = f"{r.mean:.1f} +- {r.sd:.1f} ({r.n_seeds} seeds)" if r else "(seen only)"
+        params = next(x.params for x in rows if x.method == method)
+        lines.append(f"| {method} | {params:,} | {held} | {' | '.join(seen + shares)} |")
     return "\n".join(lines) + "\n"
+
+
+def tune_t2l(cfg: T2LTableConfig, method: str, grid: dict[str, list], out: Path,
+             table_out: Path, seed: int = 0) -> dict:
+    """Train a hypernetwork `method` for every point of `grid` (T2LTrainConfig fields over the
+    table's recipe) without the validation families, and read each on them (validation split,
+    their own descriptions): `val_heldout_accuracy`, the generalisation reading the choice is
+    made by, beside `val_accuracy` on training families (the fit). The test split and the
+    held-out families are never read. Reconstruction reads the table's library (`table_out`).
+    Finished points are reused; the record of every point is `<out>/<method>/tuning.json`."""
+    from itertools import product
+
+    from rich.table import Table
+
+    if not cfg.val_families:
+        raise ValueError("tuning needs val_families: seen families to leave out and read")
+    if method not in described_methods() or method in SEEN_ONLY:
+        raise ValueError(f"{method!r} is not a description-driven hypernetwork method")
+    out = Path(out)
+    library = T2LTable(cfg, table_out).library() if "recon" in method else None
+    keys = list(grid)
+    points = []
+    for values in product(*(grid[k] for k in keys)):
+        fields = dict(zip(keys, values))
+        run = out / method / ("_".join(f"{k}{v}" for k, v in fields.items()) or "default")
+        if not (run / "checkpoint").exists():
+            t = replace(cfg.train_config(method, seed, run, library), **fields,
+                        val_tasks=list(cfg.val_families))
+            train_t2l(t, workers=0)
+        last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+        points.append({**fields, "val_heldout_accuracy": last["val_heldout_accuracy"],
+                       "val_accuracy": last["val_accuracy"], "run": str(run)})
+    record = out / method / "tuning.json"
+    kept = json.loads(record.read_text())["points"] if record.exists() else []
+    points = [p for p in kept if p["run"] not in {q["run"] for q in points}] + points
+    best = max(points, key=lambda p: p["val_heldout_accuracy"])
+    summary = {"method": method, "seed": seed, "val_families": cfg.val_families,
+               "points": points, "selected": best}
+    record.write_text(json.dumps(summary, indent=1))
+    shown = Table("point", "validation families (%)", "training families (%)",
+                  title=f"{method}: validation only, seed {seed}")
+    for p in points:
+        shown.add_row(Path(p["run"]).name, f"{100 * p['val_heldout_accuracy']:.1f}",
+                      f"{100 * p['val_accuracy']:.1f}")
+    console.print(shown)
+    console.print(f"selected: {Path(best['run']).name}")
+    return summary

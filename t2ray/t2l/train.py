@@ -41,7 +41,7 @@ from t2ray.distributed.loop import (
 )
 from t2ray.distributed.train import launch
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.harness import evaluate_task
+from t2ray.eval.harness import score_examples
 from t2ray.lora.peft_io import import_peft
 from t2ray.lora.weights import LoraWeights, batched_lora
 from t2ray.models import load_model, weights_fingerprint
@@ -57,6 +57,7 @@ from t2ray.tasks import get_task, list_tasks
 OBJECTIVES = ("recon", "sft")
 TASK_EMBEDDINGS = ("description", "one-hot")
 RECON_TARGETS = ("ab", "delta_w")
+VAL_DESCRIPTIONS = 5  # a validation family's items take turns over this many descriptions
 
 
 def seen_instruct_tasks() -> list[str]:
@@ -71,6 +72,10 @@ class T2LTrainConfig:
     objective: str = "sft"
     library: str | None = None  # recon targets: <library>/<task>/ PEFT adapters
     tasks: list[str] = field(default_factory=list)  # empty: every seen instruction family
+    # Validation families: seen families left out of this run's training and read on their
+    # validation split with their own descriptions (`val_heldout_accuracy`), the generalisation
+    # reading a recipe sweep chooses by; held-out families are never one.
+    val_tasks: list[str] = field(default_factory=list)
     encoder: str = DEFAULT_ENCODER
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # Z: SVF's MLP
     rank: int = 8
@@ -108,7 +113,9 @@ class T2LTrainConfig:
         return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
 
     def task_names(self) -> list[str]:
-        return list(self.tasks) or seen_instruct_tasks()
+        """The training tasks (the validation families excluded)."""
+        return [t for t in (list(self.tasks) or seen_instruct_tasks())
+                if t not in self.val_tasks]
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES or self.schedule == "constant":
@@ -131,6 +138,12 @@ class T2LTrainConfig:
         unseen = [t for t in self.task_names() if not get_task(t).seen]
         if unseen:
             raise ValueError(f"held-out tasks may not be trained on: {unseen}")
+        bad_val = [t for t in self.val_tasks if not get_task(t).seen]
+        if bad_val:
+            raise ValueError(f"validation families must be seen families (held-out families are "
+                             f"for the test table only): {bad_val}")
+        if self.val_tasks and self.task_embedding == "one-hot":
+            raise ValueError("a one-hot task embedding cannot read a validation family")
         if self.tasks_per_batch > len(self.task_names()):
             raise ValueError(f"tasks_per_batch {self.tasks_per_batch} > "
                              f"{len(self.task_names())} training tasks")
@@ -294,11 +307,15 @@ def build(cfg: T2LTrainConfig) -> Trainable:
 
     def validate() -> dict:
         net.eval()
-        acc = validation_accuracy(_checkpoint(net, cfg, encoder, model, fingerprint), encoder,
-                                  model, tok, sorted(tasks)[: cfg.eval_tasks], cfg.eval_n,
-                                  svd_cache)
+        ckpt = _checkpoint(net, cfg, encoder, model, fingerprint)
+        found = {"val_accuracy": validation_accuracy(
+            ckpt, encoder, model, tok, sorted(tasks)[: cfg.eval_tasks], cfg.eval_n, svd_cache)}
+        if cfg.val_tasks:
+            found["val_heldout_accuracy"] = validation_accuracy(
+                ckpt, encoder, model, tok, cfg.val_tasks, cfg.eval_n, svd_cache,
+                n_descriptions=VAL_DESCRIPTIONS)
         net.train()
-        return {"val_accuracy": acc}
+        return found
 
     recon = None
     if cfg.objective == "recon":
@@ -332,16 +349,22 @@ def _checkpoint(net: HyperLoRA, cfg: T2LTrainConfig, encoder, model,
 
 
 def validation_accuracy(ckpt: T2LCheckpoint, encoder, model, tok, task_names: list[str],
-                        n: int, svd_cache=None) -> float:
-    """Mean exact-match accuracy over tasks, each run with the LoRA (or expert) generated from
-    its first description."""
+                        n: int, svd_cache=None, n_descriptions: int = 1) -> float:
+    """Mean exact-match accuracy over tasks on their first `n` validation items, the items
+    taking turns over the task's first `n_descriptions` descriptions (each its own LoRA or
+    expert)."""
     engine = HFEngine(model, tok, svd_cache=svd_cache)
-    adapters = ckpt.generate(encoder, [get_task(t).descriptions[0] for t in task_names],
-                             svd_cache)
     accs = []
-    for name, adapter in zip(task_names, adapters):
-        with engine.adapted(adapter):
-            accs.append(evaluate_task(engine, get_task(name), "validation", n).accuracy)
+    for name in task_names:
+        task = get_task(name)
+        examples = task.examples("validation", n)
+        descriptions = task.descriptions[:n_descriptions]
+        verdicts = []
+        for j, adapter in enumerate(ckpt.generate(encoder, descriptions, svd_cache)):
+            share = examples[j::len(descriptions)]
+            with engine.adapted(adapter):
+                verdicts += score_examples(engine, task, share)
+        accs.append(sum(verdicts) / len(verdicts))
     return sum(accs) / len(accs)
 
 
