@@ -142,6 +142,17 @@ def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkey
     for r in rows:  # the answers of every adapter method are compared with the nearest family's
         if r.task not in seen_rows:
             assert (r.get("nearest_agreement") is None) == (r.method in t2l.FIXED)
+    for r in rows:  # intervals over item contents, and paired ones against the comparisons
+        if r.task in seen_rows:
+            continue
+        low, high = r.get("ci95")
+        assert low <= r.mean <= high
+        refs = {k for k in r.extra if k.startswith("diff_vs_")}
+        if r.method in t2l.described_methods():
+            assert refs == {f"diff_vs_{m}_ci95" for m in t2l.INTERVAL_REFS} - {
+                f"diff_vs_{r.method}_ci95"}
+        else:
+            assert not refs
     for r in rows:
         assert r.n_seeds == (1 if r.method in t2l.FIXED else 2)
         assert r.n == (3 if r.task in seen_rows else 10) and 0 <= r.mean <= 100

@@ -13,7 +13,8 @@ every item is answered once. Methods (DESIGN.md names):
 - `t2l-recon-{L,M,S}`: the hypernetwork trained to reconstruct the library of per-task LoRAs of
   the seen families (`<out>/library/`, one LoRA per family, seed 0).
 - `t2l-sft-{L,M,S}`, `t2svf`: trained end to end through the base model (T2L-SFT, text-to-SVF).
-- `t2l-random-desc`: the `t2l-sft-M` checkpoints fed random strings of the same lengths.
+- `t2l-random-desc`: the checkpoints of `random_desc_source` (the T2L-SFT variant chosen on
+  validation) fed random strings of the same lengths.
 - `t2l-nearest`: retrieval, the library LoRA of the training family whose description is
   nearest (encoder cosine).
 - `t2l-onehot`: the capacity check, a hypernetwork (M) reconstructing the library from one
@@ -46,7 +47,7 @@ from rich.console import Console
 from tqdm import tqdm
 
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.harness import answer_examples, verdicts_of
+from t2ray.eval.harness import answer_examples, interval_fields, seeds_interval, verdicts_of
 from t2ray.eval.results import (
     ResultRow,
     invocation,
@@ -68,7 +69,6 @@ from t2ray.t2l.train import T2LTrainConfig, seen_instruct_tasks, train_t2l
 from t2ray.tasks import get_task, list_tasks
 
 VARIANTS = ("L", "M", "S")
-RANDOM_DESC_SOURCE = "t2l-sft-M"
 FIXED = ("base", "base+desc", "base+tag", "base+3shot")  # fixed weights: one score for all seeds
 # T2LTrainConfig fields the table sets itself (a recipe may not)
 TABLE_SET = {"out", "model", "seed", "threads", "tasks", "val_tasks", "variant", "objective",
@@ -84,6 +84,8 @@ def held_out_tasks() -> list[str]:
 
 SEEN_ONLY = ("t2l-onehot",)  # methods that cannot read a held-out description
 MEAN = "held-out-mean"  # the row of the mean over the held-out families
+# what a described method's rows carry a paired difference interval against (issue targets)
+INTERVAL_REFS = ("base+desc", "mt-lora", "t2l-nearest", "t2l-random-desc", "task-lora")
 
 
 def described_methods() -> list[str]:
@@ -126,6 +128,7 @@ class T2LTableConfig:
     # Seen families that the tuning runs leave out of training and read on validation (the
     # generalisation reading a recipe is chosen by); the table's runs train on them.
     val_families: list[str] = field(default_factory=list)
+    random_desc_source: str = "t2l-sft-M"  # whose checkpoints t2l-random-desc feeds noise
 
     def training_tasks(self) -> list[str]:
         return list(self.train_tasks) or seen_instruct_tasks()
@@ -148,6 +151,9 @@ class T2LTableConfig:
                 raise ValueError(f"{name}: {sorted(bad)} are not recipe fields (T2LTrainConfig "
                                  f"fields other than those the table sets: {sorted(TABLE_SET)})")
         T2LTrainConfig(val_tasks=self.val_families).validate()
+        if not self.random_desc_source.startswith("t2l-sft-"):
+            raise ValueError(f"random_desc_source must be a t2l-sft variant, "
+                             f"not {self.random_desc_source!r}")
 
     def train_config(self, method: str, seed: int, out: Path, library: Path | None = None
                      ) -> T2LTrainConfig:
@@ -290,7 +296,8 @@ class T2LTable:
         if method == "t2l-random-desc":
             rng = random.Random(f"{seed}|{task}")
             texts = [random_description(d, rng) for d in descriptions]
-            return self.checkpoint(RANDOM_DESC_SOURCE, seed).generate(self.encoder, texts), none
+            source = self.checkpoint(self.cfg.random_desc_source, seed)
+            return source.generate(self.encoder, texts), none
         ckpt = self.checkpoint(method, seed)
         if ckpt.encoder not in self._encoders:
             self._encoders[ckpt.encoder] = (self.encoder if ckpt.encoder == DEFAULT_ENCODER
@@ -363,6 +370,27 @@ class T2LTable:
             shares[task_name] = sum(verdicts_of(task, mimic, texts)) / len(texts)
         return shares
 
+    def intervals(self, method: str, per_seed: dict, tasks: list[str], seeds: list[int]) -> dict:
+        """A row's `ci95` (of its seeds' mean accuracy over `tasks`' items, in %) and, for a
+        description-driven method, `diff_vs_<ref>_ci95` against each comparison method whose
+        verdicts are kept (`INTERVAL_REFS`; a reference's seeds averaged per item): bootstraps
+        over item contents, every seed's verdicts on an item kept together."""
+        keys = [k for t in tasks for k, _ in get_task(t).keyed_examples("test", self.cfg.n_test)]
+        by_seed = [[v for t in tasks for v in found[t]] for found in per_seed.values()]
+        out = interval_fields(by_seed, keys)
+        if method not in described_methods():
+            return out
+        for ref in INTERVAL_REFS:
+            ref_seeds = seeds[:1] if ref in FIXED else seeds
+            files = [self.out / "scores" / ref / f"seed{s}.json" for s in ref_seeds]
+            if ref == method or not all(f.exists() for f in files):
+                continue
+            ref_found = [self.verdicts(ref, s) for s in ref_seeds]
+            base = torch.tensor([[float(v) for t in tasks for v in f[t]] for f in ref_found])
+            lo, hi = seeds_interval(by_seed, keys, base.mean(0).tolist())
+            out[f"diff_vs_{ref}_ci95"] = [round(100 * lo, 2), round(100 * hi, 2)]
+        return out
+
     def params(self, method: str) -> int:
         if method in FIXED:
             return 0
@@ -370,7 +398,7 @@ class T2LTable:
             return self.lora(method, 0, self.cfg.tasks[0]).num_params
         if method == "t2l-nearest":  # one library LoRA per answer
             return self.library_lora(self.cfg.training_tasks()[0]).num_params
-        source = RANDOM_DESC_SOURCE if method == "t2l-random-desc" else method
+        source = self.cfg.random_desc_source if method == "t2l-random-desc" else method
         return count_trainable(self.checkpoint(source, 0).net)
 
 
@@ -386,6 +414,10 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
     command = invocation()
     table = T2LTable(cfg, out)
     rows, entries = [], []
+    for method in methods:  # every method scored first: the rows compare with each other
+        if method not in SEEN_ONLY:
+            for s in seeds[:1] if method in FIXED else seeds:
+                table.verdicts(method, s)
     for method in methods:
         params = table.params(method)
         if method not in SEEN_ONLY:
@@ -404,6 +436,8 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
                          for a in agreement.values() if a]
                 extra = ({"nearest_agreement": round(100 * sum(agree) / len(agree), 2)}
                          if agree else {})
+                extra.update(table.intervals(method, per_seed, [task] if task != MEAN
+                                             else cfg.tasks, seeds))
                 rows.append(ResultRow(table_name, task, method, round(m, 2), round(sd, 2),
                                       len(accs), params, command, extra=extra,
                                       n=len(next(iter(per_seed.values()))[cfg.tasks[0]])))
