@@ -129,7 +129,11 @@ def test_demo_pipeline_smoke_preset_end_to_end_and_reuses_artifacts(tmp_path):
     assert {r["task"] for r in unseen} == {"math-hard", "code-hard", "reasoning-hard"}
     assert (tmp_path / "first" / "unseen" / "alpha.png").stat().st_size > 0
     t2l = result["tables"]["t2l"]
-    assert [r["method"] for r in t2l] == ["base", "t2l-sft"] and not get_task(t2l[0]["task"]).seen
+    from t2ray.experiments.demo import T2L_CONFIG
+    from t2ray.experiments.t2l import T2LTableConfig
+
+    chosen = T2LTableConfig.from_yaml(T2L_CONFIG).chosen_sft
+    assert [r["method"] for r in t2l] == ["base", chosen] and not get_task(t2l[0]["task"]).seen
     from peft import LoraConfig
 
     LoraConfig.from_pretrained(str(tmp_path / "first" / "t2l_adapter"))  # PEFT reads it

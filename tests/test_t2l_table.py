@@ -248,3 +248,16 @@ def test_each_item_is_answered_with_its_descriptions_adapter_and_system_in_one_b
     kept = json.loads((tmp_path / "answers" / "t2l-sft-M" / "seed0.json").read_text())
     assert kept["answers"]["upper-each"] == [f"{i % 3}|s{i % 3}" for i in range(7)]
     assert [c[2] for c in table.engine.calls if c[0] == "generate"] == [7]
+
+
+def test_the_demo_ships_the_v2_tables_seed_0_checkpoint(tmp_path):
+    """The demo trains its T2L exactly as the v2 table trains its chosen SFT variant on seed 0
+    (so the served checkpoint is the table's); a preset may only shorten it."""
+    from t2ray.experiments.demo import PRESETS, T2L_CONFIG, demo_t2l_config
+
+    table = T2LTableConfig.from_yaml(T2L_CONFIG)
+    table.validate()
+    assert demo_t2l_config("tiny", PRESETS["default"], tmp_path) == table.train_config(
+        table.chosen_sft, 0, tmp_path, None)
+    smoke = demo_t2l_config("tiny", PRESETS["smoke"], tmp_path)
+    assert smoke.steps == PRESETS["smoke"].t2l_steps and smoke.lr == table.t2l_lr

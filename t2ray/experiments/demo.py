@@ -31,7 +31,9 @@ from t2ray.svf.expert import ExpertLibrary, ExpertVector
 from t2ray.tasks import CORE_SEEN, CORE_UNSEEN, get_task
 
 console = Console()
-UNSEEN_INSTRUCT_DEMO = "reverse-longest"  # a held-out instruction family
+UNSEEN_INSTRUCT_DEMO = "reverse-word"  # a held-out instruction family
+# The v2 T2L table's settings: the demo's T2L is that table's chosen SFT variant, seed 0.
+T2L_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "t2l_v2.yaml"
 
 
 @dataclass
@@ -45,7 +47,7 @@ class DemoPreset:
     shots: int = 10
     population: int = 8
     generations: int = 2
-    t2l_steps: int = 150
+    t2l_steps: int | None = None  # None: the v2 table's (T2L_CONFIG), the same checkpoint
 
     def fewshot(self) -> FewShotConfig:
         return FewShotConfig(shots=self.shots, select=self.shots, population=self.population,
@@ -72,7 +74,7 @@ def train_artifacts(model: str = TINY, preset: str = "default") -> tuple[Path, S
     T2L checkpoint (`t2l/checkpoint`), trained once per base fingerprint and preset under
     runs/demo-artifacts/ and reused after. Returns (artifact directory, SVD cache)."""
     from t2ray.svf.ops import decompose_model
-    from t2ray.t2l.train import T2LTrainConfig, train_t2l
+    from t2ray.t2l.train import train_t2l
 
     p = PRESETS[preset]
     cache = decompose_model(model, "mlp")
@@ -97,10 +99,22 @@ def train_artifacts(model: str = TINY, preset: str = "default") -> tuple[Path, S
                     run / "lora")
     if (art / "t2l" / "checkpoint").exists():
         console.print(f"[dim]reusing {art / 't2l' / 'checkpoint'}[/dim]")
-    else:  # a small T2L (SFT) on the seen instruction families
-        train_t2l(T2LTrainConfig(out=str(art / "t2l"), model=model, steps=p.t2l_steps,
-                                 eval_every=p.t2l_steps, eval_n=4))
+    else:  # T2L-SFT on the seen instruction families, as the v2 table trains its seed 0
+        train_t2l(demo_t2l_config(model, p, art / "t2l"))
     return art, cache
+
+
+def demo_t2l_config(model: str, p: DemoPreset, out: Path):
+    """The v2 T2L table's training run of its chosen SFT variant on seed 0 (configs/t2l_v2.yaml,
+    or the table's defaults outside a checkout), on `model`, shortened by the preset."""
+    from t2ray.experiments.t2l import T2LTableConfig
+
+    table = T2LTableConfig.from_yaml(T2L_CONFIG) if T2L_CONFIG.exists() else T2LTableConfig()
+    t = table.train_config(table.chosen_sft, 0, out, None)
+    t.model = model
+    if p.t2l_steps is not None:
+        t.steps = t.eval_every = t.checkpoint_every = p.t2l_steps
+    return t
 
 
 def kit_sources(model: str = TINY, preset: str = "default",
@@ -194,7 +208,7 @@ def _t2l_on_an_unseen_description(art: Path, out: Path, model: str, p: DemoPrese
     console.print(f"T2L adapter for the unseen description {description!r} -> "
                   f"{out / 't2l_adapter'}")
     rows = []
-    for method, adapter in (("base", None), ("t2l-sft", lora)):
+    for method, adapter in (("base", None), (f"t2l-sft-{ckpt.net.cfg.variant}", lora)):
         with engine.adapted(adapter):
             row = evaluate_task(engine, task, "test", p.n_test)
         rows.append(ResultRow.from_eval(row, "t2l", method, command))

@@ -13,8 +13,8 @@ every item is answered once. Methods (DESIGN.md names):
 - `t2l-recon-{L,M,S}`: the hypernetwork trained to reconstruct the library of per-task LoRAs of
   the seen families (`<out>/library/`, one LoRA per family, seed 0).
 - `t2l-sft-{L,M,S}`, `t2svf`: trained end to end through the base model (T2L-SFT, text-to-SVF).
-- `t2l-random-desc`: the checkpoints of `random_desc_source` (the T2L-SFT variant chosen on
-  validation) fed random strings of the same lengths.
+- `t2l-random-desc`: the checkpoints of the T2L-SFT variant chosen on validation
+  (`sft_variant`) fed random strings of the same lengths.
 - `t2l-nearest`: retrieval, the library LoRA of the training family whose description is
   nearest (encoder cosine).
 - `t2l-onehot`: the capacity check, a hypernetwork (M) reconstructing the library from one
@@ -128,7 +128,13 @@ class T2LTableConfig:
     # Seen families that the tuning runs leave out of training and read on validation (the
     # generalisation reading a recipe is chosen by); the table's runs train on them.
     val_families: list[str] = field(default_factory=list)
-    random_desc_source: str = "t2l-sft-M"  # whose checkpoints t2l-random-desc feeds noise
+    # The T2L-SFT variant chosen on validation: t2l-random-desc feeds its checkpoints noise,
+    # and the demo (and the serving kit) ship its seed-0 checkpoint.
+    sft_variant: str = "M"
+
+    @property
+    def chosen_sft(self) -> str:
+        return f"t2l-sft-{self.sft_variant}"
 
     def training_tasks(self) -> list[str]:
         return list(self.train_tasks) or seen_instruct_tasks()
@@ -151,9 +157,8 @@ class T2LTableConfig:
                 raise ValueError(f"{name}: {sorted(bad)} are not recipe fields (T2LTrainConfig "
                                  f"fields other than those the table sets: {sorted(TABLE_SET)})")
         T2LTrainConfig(val_tasks=self.val_families).validate()
-        if not self.random_desc_source.startswith("t2l-sft-"):
-            raise ValueError(f"random_desc_source must be a t2l-sft variant, "
-                             f"not {self.random_desc_source!r}")
+        if self.sft_variant not in VARIANTS:
+            raise ValueError(f"sft_variant must be one of {VARIANTS}, not {self.sft_variant!r}")
 
     def train_config(self, method: str, seed: int, out: Path, library: Path | None = None
                      ) -> T2LTrainConfig:
@@ -296,7 +301,7 @@ class T2LTable:
         if method == "t2l-random-desc":
             rng = random.Random(f"{seed}|{task}")
             texts = [random_description(d, rng) for d in descriptions]
-            source = self.checkpoint(self.cfg.random_desc_source, seed)
+            source = self.checkpoint(self.cfg.chosen_sft, seed)
             return source.generate(self.encoder, texts), none
         ckpt = self.checkpoint(method, seed)
         if ckpt.encoder not in self._encoders:
@@ -398,7 +403,7 @@ class T2LTable:
             return self.lora(method, 0, self.cfg.tasks[0]).num_params
         if method == "t2l-nearest":  # one library LoRA per answer
             return self.library_lora(self.cfg.training_tasks()[0]).num_params
-        source = self.cfg.random_desc_source if method == "t2l-random-desc" else method
+        source = self.cfg.chosen_sft if method == "t2l-random-desc" else method
         return count_trainable(self.checkpoint(source, 0).net)
 
 
