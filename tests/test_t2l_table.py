@@ -161,6 +161,7 @@ def test_t2l_table_scores_every_method_and_resumes(tmp_path, tiny_random, monkey
         assert LoraConfig.from_pretrained(tmp_path / "library" / task).r == cfg.rank
     lora_params = {r.params for r in rows if r.method in ("task-lora", "mt-lora")}
     assert lora_params == {import_peft(tmp_path / "library" / TRAIN[0]).num_params}
+    assert (tmp_path / "cells.png").stat().st_size > 0  # the heatmap of the rows
     # Each description of a family answers its share of the items, and every item is answered.
     verdicts = t2l.T2LTable(cfg, tmp_path).verdicts("t2l-sft-M", 1)
     assert {t: len(v) for t, v in verdicts.items()} == {"reverse-longest": 10, "upper-each": 10}

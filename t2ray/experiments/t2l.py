@@ -461,11 +461,46 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
     (out / "table.md").write_text(text)
     (out / "rows.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1))
     console.print(text)
+    shown = rows
     if results_json:  # the rows, and beside them the per-item verdicts behind them
         merge_results(results_json, rows)
         write_verdicts(Path(results_json).parent / "scores" / f"{table_name}.jsonl.gz",
                        table_name, entries, command)
+        shown = [ResultRow.from_dict(d) for d in json.loads(Path(results_json).read_text())
+                 if d["table"] == table_name]
+    plot_cells(shown, cfg.tasks, out / "cells.png", table_name)
     return rows
+
+
+def plot_cells(rows: list[ResultRow], tasks: list[str], path: Path, title: str) -> None:
+    """A heatmap of accuracy, method x held-out family (and the held-out mean): the table's
+    rows at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [*tasks, MEAN]
+    by = {(r.method, r.task): r.mean for r in rows}
+    methods = [m for m in dict.fromkeys(r.method for r in rows) if (m, MEAN) in by]
+    if not methods:
+        return
+    grid = [[by.get((m, t), float("nan")) for t in cols] for m in methods]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 0.9 + 0.38 * len(methods)))
+    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v == v:  # not NaN
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 60 else "black")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(methods)), methods, fontsize=8)
+    ax.set_title(f"{title}: test accuracy %, seed mean", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def summary_table(rows: list[ResultRow]) -> str:
