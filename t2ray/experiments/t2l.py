@@ -94,6 +94,19 @@ def described_methods() -> list[str]:
             or m in ("t2svf", *SEEN_ONLY)]
 
 
+def seeds_of(method: str, seeds: list[int]) -> list[int]:
+    """The seeds a method is scored on: the first only for those whose answers no seed changes
+    (fixed weights, and retrieval from the seed-0 library)."""
+    return seeds[:1] if method in (*FIXED, "t2l-nearest") else seeds
+
+
+def seen_read_methods() -> list[str]:
+    """The methods also read on the training families (fit and paraphrase): the described ones
+    and retrieval, which on a training description is that family's own library LoRA (the
+    level the issue's "within 10 points of the library" compares with)."""
+    return [*described_methods(), "t2l-nearest"]
+
+
 def all_methods() -> list[str]:
     return ["base", "base+desc", "base+tag", "base+3shot", "mt-lora", "task-lora", "t2l-nearest",
             *(f"t2l-recon-{v}" for v in VARIANTS), *(f"t2l-sft-{v}" for v in VARIANTS),
@@ -386,7 +399,7 @@ class T2LTable:
         if method not in described_methods():
             return out
         for ref in INTERVAL_REFS:
-            ref_seeds = seeds[:1] if ref in FIXED else seeds
+            ref_seeds = seeds_of(ref, seeds)
             files = [self.out / "scores" / ref / f"seed{s}.json" for s in ref_seeds]
             if ref == method or not all(f.exists() for f in files):
                 continue
@@ -421,13 +434,13 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
     rows, entries = [], []
     for method in methods:  # every method scored first: the rows compare with each other
         if method not in SEEN_ONLY:
-            for s in seeds[:1] if method in FIXED else seeds:
+            for s in seeds_of(method, seeds):
                 table.verdicts(method, s)
     for method in methods:
         params = table.params(method)
         if method not in SEEN_ONLY:
             per_seed = {s: table.verdicts(method, s)
-                        for s in (seeds[:1] if method in FIXED else seeds)}
+                        for s in seeds_of(method, seeds)}
             entries += [verdict_entry(task, method, "test", found[task], seed)
                         for seed, found in per_seed.items() for task in cfg.tasks]
             agreement = ({} if method in FIXED
@@ -448,9 +461,10 @@ def t2l_table(cfg: T2LTableConfig, out: Path, methods: list[str], seeds: list[in
                                       n=len(next(iter(per_seed.values()))[cfg.tasks[0]])))
             console.print(f"{method:>16}: {rows[-1].mean:.1f} +- {rows[-1].sd:.1f}% "
                           "mean over the held-out families")
-        if cfg.seen_n and method in described_methods():
+        if cfg.seen_n and method in seen_read_methods():
             for label, probes in (("seen-mean", False), ("seen-paraphrase-mean", True)):
-                found = {s: table.seen_verdicts(method, s, probes) for s in seeds}
+                found = {s: table.seen_verdicts(method, s, probes)
+                         for s in seeds_of(method, seeds)}
                 entries += [verdict_entry(f"{t} [{label}]", method, "test", v[t], s)
                             for s, v in found.items() for t in v]
                 m, sd = mean_sd([100 * sum(sum(x) / len(x) for x in v.values()) / len(v)
