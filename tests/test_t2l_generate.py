@@ -125,3 +125,70 @@ def test_module_names_come_from_the_architecture_gpt2_conv1d(tmp_path):
     peft_model = PeftModel.from_pretrained(model, tmp_path / "adapter").eval()
     with torch.no_grad():
         torch.testing.assert_close(peft_model(ids).logits, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_the_kits_t2l_writes_adapters_that_peft_scores_as_the_table_does(tmp_path):
+    """The shipped checkpoint is the v2 table's t2l-sft-M seed 0: `t2ray t2l generate` on a
+    held-out cell's description writes a PEFT adapter, and the base model with PEFT answers
+    that description's items of the cell as the table's kept verdicts say."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from t2ray.eval.harness import max_new_tokens_for, verdicts_of
+    from t2ray.eval.results import read_verdicts
+    from t2ray.experiments.demo import RESULTS_JSON, UNSEEN_INSTRUCT_DEMO
+    from t2ray.models import TINY_DIR
+    from t2ray.models.prompt import Prompt, templated
+    from t2ray.serve.library import KIT_DIR
+    from t2ray.t2l.encoder import load_encoder
+    from t2ray.tasks import get_task
+
+    scores = RESULTS_JSON.parent / "scores" / "t2l-v2.jsonl.gz"
+    kept = {(d["task"], d["method"], d["seed"]): d["verdicts"] for d in read_verdicts(scores)}
+    table = [v == "1" for v in kept[UNSEEN_INSTRUCT_DEMO, "t2l-sft-M", 0]]
+    task = get_task(UNSEEN_INSTRUCT_DEMO)
+    examples = task.examples("test")
+    k = len(task.descriptions)
+    t2ray = str(Path(sys.executable).parent / "t2ray")
+    tok = AutoTokenizer.from_pretrained(TINY_DIR)
+    base = AutoModelForCausalLM.from_pretrained(TINY_DIR).eval()
+    ckpt = T2LCheckpoint.load(KIT_DIR / "t2l")
+    encoder = load_encoder(ckpt.encoder)
+    agree, n = 0, 0
+    for j in range(6):  # six of the cell's descriptions, each with its share of the items
+        out = tmp_path / f"adapter{j}"
+        if j == 0:  # the user's command
+            done = subprocess.run([t2ray, "t2l", "generate", str(KIT_DIR / "t2l"),
+                                   task.descriptions[j], "--out", str(out)],
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+        else:  # what the command runs, in this process
+            export_peft(ckpt.generate(encoder, [task.descriptions[j]])[0], out,
+                        base_model=ckpt.base_model, base_fingerprint=ckpt.base_fingerprint)
+        model = PeftModel.from_pretrained(base, out).eval()
+        rows = list(range(j, len(examples), k))
+        texts = [templated(tok, Prompt(examples[i].prompt)) for i in rows]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**enc, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id,
+                                 max_new_tokens=max_new_tokens_for(task, _Counter(tok)))
+        answers = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        got = verdicts_of(task, [examples[i] for i in rows], answers)
+        agree += sum(g == table[i] for g, i in zip(got, rows))
+        n += len(rows)
+        base = model.unload()
+    assert agree == n, f"PEFT's verdicts differ from the table's on {n - agree} of {n} items"
+
+
+class _Counter:
+    """The token counter `max_new_tokens_for` needs, over a plain tokenizer."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def count_tokens(self, texts):
+        return [len(self.tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
