@@ -263,3 +263,21 @@ def test_the_demo_ships_the_v2_tables_seed_0_checkpoint(tmp_path):
         table.chosen_sft, 0, tmp_path, None)
     smoke = demo_t2l_config("tiny", PRESETS["smoke"], tmp_path)
     assert smoke.steps == PRESETS["smoke"].t2l_steps and smoke.lr == table.t2l_lr
+
+
+def test_only_reconstruction_builds_the_library(tmp_path, tiny_random):
+    import t2ray.experiments.t2l as t2l
+
+    path, _ = tiny_random
+    table = t2l.T2LTable(T2LTableConfig(model=str(path), sft_steps=1, threads=1,
+                                        train_tasks=TRAIN, sft_recipe={"eval_n": 2,
+                                                                       "eval_tasks": 1}),
+                         tmp_path)
+
+    def no_library():
+        raise AssertionError("an SFT hypernetwork does not need the LoRA library")
+
+    table.library = no_library
+    assert table.checkpoint("t2l-sft-M", 0).net.cfg.variant == "M"
+    assert [m for m in t2l.all_methods() if t2l.reconstructs(m)] == [
+        "t2l-recon-L", "t2l-recon-M", "t2l-recon-S", "t2l-onehot"]

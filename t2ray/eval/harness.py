@@ -64,6 +64,17 @@ def answer_examples(engine: Engine, task: Task, examples: list,
     return [prefill + c.text for c in completions]
 
 
+def answer_in_turns(engine: Engine, task: Task, examples: list, adapters: list,
+                    systems: list[str | None] | None = None) -> list[str]:
+    """Greedy answers with item i run under `adapters[i % k]` and `systems[i % k]` (k
+    descriptions taking turns over the items), all in one per-row batch."""
+    k = len(adapters)
+    per_row = [adapters[i % k] for i in range(len(examples))]
+    turns = [None if systems is None else systems[i % k] for i in range(len(examples))]
+    with engine.adapted(None if all(a is None for a in per_row) else per_row):
+        return answer_examples(engine, task, examples, turns)
+
+
 def verdicts_of(task: Task, examples: list, answers: list[str]) -> list[bool]:
     return [s == CORRECT for s in rewards(task.kind, examples, answers)]
 

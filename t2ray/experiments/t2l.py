@@ -47,7 +47,7 @@ from rich.console import Console
 from tqdm import tqdm
 
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.harness import answer_examples, interval_fields, seeds_interval, verdicts_of
+from t2ray.eval.harness import answer_in_turns, interval_fields, seeds_interval, verdicts_of
 from t2ray.eval.results import (
     ResultRow,
     invocation,
@@ -92,6 +92,11 @@ def described_methods() -> list[str]:
     """The methods that turn a description into an adapter (read on seen families too)."""
     return [m for m in all_methods() if m.startswith(("t2l-recon", "t2l-sft"))
             or m in ("t2svf", *SEEN_ONLY)]
+
+
+def reconstructs(method: str) -> bool:
+    """Whether a hypernetwork method trains on the library (reconstruction) rather than SFT."""
+    return method.startswith("t2l-recon-") or method == "t2l-onehot"
 
 
 def seeds_of(method: str, seeds: list[int]) -> list[int]:
@@ -180,7 +185,8 @@ class T2LTableConfig:
             t = T2LTrainConfig(**self.sft_recipe, variant="Z", objective="sft",
                                steps=self.sft_steps, lr=self.t2svf_lr)
         else:
-            objective, variant = ("recon", "M") if method == "t2l-onehot" else method.split("-")[1:]
+            objective = "recon" if reconstructs(method) else "sft"
+            variant = "M" if method == "t2l-onehot" else method.split("-")[2]
             recipe = self.recon_recipe if objective == "recon" else self.sft_recipe
             t = T2LTrainConfig(**recipe, lr=self.t2l_lr, variant=variant,
                                objective=objective,
@@ -216,6 +222,7 @@ class T2LTable:
         self._encoders: dict[str, object] = {}  # a checkpoint's own encoder, by name
         self._last: tuple = (None, None)  # the adapter source loaded last: every family reuses it
         self._library_loras: dict = {}
+        self._scored: dict[tuple[str, int], dict] = {}  # (method, seed) -> verdicts, read once
 
     def _load_once(self, key: Path, load):
         if self._last[0] != key:
@@ -255,7 +262,8 @@ class T2LTable:
     def checkpoint(self, method: str, seed: int) -> T2LCheckpoint:
         run = self.out / method / f"seed{seed}"
         if not (run / "checkpoint").exists():
-            train_t2l(self.cfg.train_config(method, seed, run, self.library()), workers=0)
+            library = self.library() if reconstructs(method) else None
+            train_t2l(self.cfg.train_config(method, seed, run, library), workers=0)
         return self._load_once(run, lambda: T2LCheckpoint.load(
             run / "checkpoint", expect_fingerprint=self.svd_cache.fingerprint))
 
@@ -325,9 +333,15 @@ class T2LTable:
     def verdicts(self, method: str, seed: int) -> dict[str, list[bool]]:
         """{family: per-test-item verdicts}, kept in `<out>/scores/<method>/seed<k>.json` and
         reused only for the same base model and test items."""
-        key = {"base": self.svd_cache.fingerprint, "items": self._items_keys}
-        return kept_json(self.out / "scores" / method / f"seed{seed}.json", key,
-                         lambda: self._verdicts(method, seed, self.cfg.tasks, self.cfg.n_test))
+        if (method, seed) not in self._scored:
+            key = {"base": self.svd_cache.fingerprint, "items": self._items_keys}
+            self._scored[method, seed] = kept_json(
+                self._score_path(method, seed), key,
+                lambda: self._verdicts(method, seed, self.cfg.tasks, self.cfg.n_test))
+        return self._scored[method, seed]
+
+    def _score_path(self, method: str, seed: int) -> Path:
+        return self.out / "scores" / method / f"seed{seed}.json"
 
     def seen_verdicts(self, method: str, seed: int, probes: bool) -> dict[str, list[bool]]:
         """The same on the training families' first `seen_n` test items, the adapters made from
@@ -354,12 +368,7 @@ class T2LTable:
             task = get_task(task_name)
             examples = task.examples("test", n)
             adapters, systems = self.adapters(method, seed, task_name, probes)
-            k = len(adapters)  # item i is answered with description i mod k: one batch, each
-            rows = range(len(examples))  # row with its own adapter and system turn
-            per_row = [adapters[i % k] for i in rows]
-            with self.engine.adapted(None if all(a is None for a in per_row) else per_row):
-                texts = answer_examples(self.engine, task, examples,
-                                        [systems[i % k] for i in rows])
+            texts = answer_in_turns(self.engine, task, examples, adapters, systems)
             found[task_name], answers[task_name] = verdicts_of(task, examples, texts), texts
         if tasks == self.cfg.tasks and not probes:
             path = self.out / "answers" / method / f"seed{seed}.json"
@@ -400,8 +409,7 @@ class T2LTable:
             return out
         for ref in INTERVAL_REFS:
             ref_seeds = seeds_of(ref, seeds)
-            files = [self.out / "scores" / ref / f"seed{s}.json" for s in ref_seeds]
-            if ref == method or not all(f.exists() for f in files):
+            if ref == method or not all(self._score_path(ref, s).exists() for s in ref_seeds):
                 continue
             ref_found = [self.verdicts(ref, s) for s in ref_seeds]
             base = torch.tensor([[float(v) for t in tasks for v in f[t]] for f in ref_found])
@@ -555,7 +563,7 @@ def tune_t2l(cfg: T2LTableConfig, method: str, grid: dict[str, list], out: Path,
     if method not in described_methods() or method in SEEN_ONLY:
         raise ValueError(f"{method!r} is not a description-driven hypernetwork method")
     out = Path(out)
-    library = T2LTable(cfg, table_out).library() if "recon" in method else None
+    library = T2LTable(cfg, table_out).library() if reconstructs(method) else None
     keys = list(grid)
     points = []
     for values in product(*(grid[k] for k in keys)):

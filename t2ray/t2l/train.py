@@ -41,7 +41,7 @@ from t2ray.distributed.loop import (
 )
 from t2ray.distributed.train import launch
 from t2ray.engines.hf import HFEngine
-from t2ray.eval.harness import score_examples
+from t2ray.eval.harness import answer_in_turns, verdicts_of
 from t2ray.lora.peft_io import import_peft
 from t2ray.lora.weights import LoraWeights, batched_lora
 from t2ray.models import load_model, weights_fingerprint
@@ -358,12 +358,8 @@ def validation_accuracy(ckpt: T2LCheckpoint, encoder, model, tok, task_names: li
     for name in task_names:
         task = get_task(name)
         examples = task.examples("validation", n)
-        descriptions = task.descriptions[:n_descriptions]
-        verdicts = []
-        for j, adapter in enumerate(ckpt.generate(encoder, descriptions, svd_cache)):
-            share = examples[j::len(descriptions)]
-            with engine.adapted(adapter):
-                verdicts += score_examples(engine, task, share)
+        adapters = ckpt.generate(encoder, task.descriptions[:n_descriptions], svd_cache)
+        verdicts = verdicts_of(task, examples, answer_in_turns(engine, task, examples, adapters))
         accs.append(sum(verdicts) / len(verdicts))
     return sum(accs) / len(accs)
 
