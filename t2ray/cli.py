@@ -405,6 +405,61 @@ def t2l_train(
     train_t2l(cfg, workers=workers, max_failures=max_failures)
 
 
+@app.command("plan")
+def plan(
+    config: Path = typer.Option(..., help="A Hugging Face config.json (no weights needed)."),
+    gpus: int = typer.Option(..., help="GPUs the training job runs on (data-parallel ranks)."),
+    gpu_mem: float = typer.Option(80.0, help="Memory of one GPU in GB."),
+    targets: str = typer.Option("mlp", help="SVF targets: mlp, attn, all or module names."),
+    tp: int = typer.Option(1, help="The vLLM engine's tensor-parallel size."),
+    zero: Optional[int] = typer.Option(None, min=0, max=3,
+                                       help="One ZeRO stage (default: all four)."),
+    dtype: str = typer.Option("bf16", help="bf16, fp16 or fp32 for weights and factors."),
+    max_len: int = typer.Option(4096, help="A sequence length the engine's KV cache must hold."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object."),
+):
+    """Per-GPU memory of SVF training (each ZeRO stage) and of its vLLM engine, from a config."""
+    from t2ray.distributed.plan import ZERO_STAGES, PlanRequest, memory_plan
+
+    request = PlanRequest(gpus=gpus, gpu_mem_gb=gpu_mem, targets=targets, tp=tp, dtype=dtype,
+                          zero=ZERO_STAGES if zero is None else (zero,), max_len=max_len)
+    result = memory_plan(json.loads(config.read_text()), request)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    gb = lambda b: f"{b / 1e9:,.2f}"  # noqa: E731
+    console.print(f"{config}: {result['model_type']}, {result['num_hidden_layers']} layers, "
+                  f"{result['base_values'] / 1e9:.2f} G parameters ({gb(result['base_weight_bytes'])}"
+                  f" GB {dtype}); {result['target_matrices']} SVF targets ({targets}): factors "
+                  f"{result['svd_factor_values'] / 1e9:.2f} G values = "
+                  f"{gb(result['svd_factor_bytes'])} GB ({result['factor_to_target_weights']:.2f}x "
+                  f"the target weights), z {result['z_values']:,} values = "
+                  f"{result['z_bytes'] / 1e6:.2f} MB fp32")
+    table = Table("per GPU (GB)", *result["training"],
+                  title=f"SVF training on {gpus} x {gpu_mem:g} GB")
+    rows = [("base weights", "base_weights"), ("SVD factors (today)", "svd_factors"),
+            ("SVD factors (partitioned)", "svd_factors_partitioned"), ("z", "z"),
+            ("gradients", "gradients"), ("Adam moments", "optimizer"),
+            ("total (today)", "total"), ("total (factors partitioned)",
+                                         "total_factors_partitioned")]
+    for label, key in rows:
+        table.add_row(label, *(gb(stage[key]) for stage in result["training"].values()))
+    for label, key in (("fits (today)", "fits"), ("fits (partitioned)",
+                                                   "fits_factors_partitioned")):
+        table.add_row(label, *("yes" if s[key] else "NO" for s in result["training"].values()))
+    console.print(table)
+    engine = result["engine"]
+    console.print(f"vLLM engine, TP={tp}, per rank: weights {gb(engine['base_weights'])} GB, "
+                  f"factor slices {gb(engine['svd_factor_slices'])} GB "
+                  f"({100 * engine['svd_factor_share']:.0f}% of the factors), KV cache "
+                  f"{gb(engine['kv_cache'])} GB = {engine['kv_cache_tokens']:,} tokens: "
+                  + ("fits" if engine["fits"] else f"does NOT fit one {max_len}-token sequence"))
+    console.print(f"ZeRO-3 with partitioned factors fits from "
+                  f"{result['min_gpus_zero3_factors_partitioned']} GPUs.")
+    for note in result["notes"]:
+        console.print(f"[dim]{note}[/dim]")
+
+
 @app.command("eval")
 def eval_strategies(
     experts: Path = typer.Option(..., help="Expert library: <category>/ folders (math, code, "

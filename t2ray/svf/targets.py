@@ -82,17 +82,29 @@ def model_config(config):
         return config
     if "model_type" not in config:
         raise ValueError("the model config names no model_type; pass the model's config.json")
-    return AutoConfig.for_model(**config)
+    try:
+        return AutoConfig.for_model(**config)
+    except ValueError:
+        raise ValueError(f"model_type {config['model_type']!r} is unknown to transformers") from None
+
+
+def meta_model(config) -> torch.nn.Module:
+    """The causal LM a config describes, built on the meta device: shapes without weights."""
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(config)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except ValueError as err:  # transformers' error for a config with no causal-LM class
+        raise ValueError(f"model_type {config.model_type!r} is not a causal language model: "
+                         f"{str(err).splitlines()[0]}") from None
 
 
 def config_targets(config, targets) -> list[TargetMatrix]:
     """`find_targets` on the model a config describes, built on the meta device (no weights are
     allocated), so names and shapes come from the architecture itself."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config(config))
-    return find_targets(model, targets)
+    return find_targets(meta_model(config), targets)
 
 
 def count_svf_params(config, targets) -> int:
