@@ -6,4 +6,4 @@ import sys
 
 from t2ray.cli import main
 
-main(["base", "eval", *sys.argv[1:]])
+main(["base", "eval", *sys.argv[1:]], job=True)

@@ -7,4 +7,4 @@ import sys
 
 from t2ray.cli import main
 
-main(["results", "seen", *sys.argv[1:]])
+main(["results", "seen", *sys.argv[1:]], job=True)

@@ -7,4 +7,4 @@ import sys
 
 from t2ray.cli import main
 
-main(["results", "t2l", *sys.argv[1:]])
+main(["results", "t2l", *sys.argv[1:]], job=True)

@@ -7,4 +7,4 @@ import sys
 
 from t2ray.cli import main
 
-main(["svf", "train", *sys.argv[1:]])
+main(["svf", "train", *sys.argv[1:]], job=True)

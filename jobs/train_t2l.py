@@ -8,4 +8,4 @@ import sys
 
 from t2ray.cli import main
 
-main(["t2l", "train", "--workers", "2", *sys.argv[1:]])
+main(["t2l", "train", "--workers", "2", *sys.argv[1:]], job=True)

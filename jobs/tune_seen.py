@@ -9,4 +9,4 @@ import sys
 
 from t2ray.cli import main
 
-main(["results", "tune", *sys.argv[1:]])
+main(["results", "tune", *sys.argv[1:]], job=True)

@@ -8,4 +8,4 @@ import sys
 
 from t2ray.cli import main
 
-main(["results", "unseen", *sys.argv[1:]])
+main(["results", "unseen", *sys.argv[1:]], job=True)

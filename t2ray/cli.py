@@ -46,14 +46,17 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show the traceba
     """t2ray: self-adaptive LLMs (SVF experts, Text-to-LoRA) on Ray."""  # --debug: see main()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The `t2ray` entry point (and the one every job calls)."""
+def main(argv: list[str] | None = None, job: bool = False) -> None:
+    """The `t2ray` entry point, and with `job=True` the one every script in jobs/ calls."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
     try:
-        app(args=args, prog_name="t2ray")
+        if job:
+            _run_job(args)
+        else:
+            app(args=args, prog_name="t2ray")
     except USER_ERRORS as e:
         if debug:
             raise
@@ -62,6 +65,40 @@ def main(argv: list[str] | None = None) -> None:
                                    markup=True, soft_wrap=True)
         Console(stderr=True).print("[dim](run with --debug for the traceback)[/dim]")
         raise SystemExit(2) from None
+
+
+def _run_job(args: list[str]) -> None:
+    """A command run as a job (t2ray.job): `--config YAML` gives the options of a command that
+    has no typed config of its own, relative outputs are made safe for `ray job submit`, and the
+    resolved options are printed and written beside the outputs before the work starts."""
+    from t2ray.job import option_defaults, record, resolve_outputs
+
+    group = typer.main.get_command(app)
+    command, path, rest = group, [], list(args)
+    while hasattr(command, "commands") and rest and rest[0] in command.commands:
+        path.append(rest.pop(0))
+        command = command.commands[path[-1]]
+    if hasattr(command, "commands"):
+        raise ValueError(f"a job names one command, got {' '.join(args)!r}")
+    default_map: dict = {}
+    own_config = any(p.name == "config" for p in command.params)
+    config_at = [i for i, a in enumerate(rest) if a == "--config" or a.startswith("--config=")]
+    if config_at and not own_config:
+        i = config_at[-1]
+        value = rest[i].split("=", 1)[1] if "=" in rest[i] else rest[i + 1]
+        del rest[i:i + (1 if "=" in rest[i] else 2)]
+        default_map = option_defaults(command, Path(value))
+        for name in reversed(path):
+            default_map = {name: default_map}
+    work = command.callback
+
+    def announced(**params):
+        params = resolve_outputs(params)
+        record(" ".join(path), params)
+        return work(**params)
+
+    command.callback = announced
+    group.main(args=[*path, *rest], prog_name="t2ray", default_map=default_map)
 
 
 def _split_names(names: str) -> list[str]:
