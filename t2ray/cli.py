@@ -320,16 +320,29 @@ def svf_transfer(
     console.print(f"wrote {out} for base {moved.base_fingerprint} ({moved.num_params} params)")
 
 
+def _configured(cls, path: Optional[Path], **options):
+    """A typed config from its YAML (or the defaults) with every option a user gave on top."""
+    cfg = cls.from_yaml(path) if path else cls()
+    for name, value in options.items():
+        if value is not None:
+            setattr(cfg, name, value)
+    return cfg
+
+
 def _train_command(policy: str, doc: str):
     """`t2ray svf train` and `t2ray lora train`: the same options, one training function."""
 
     def command(
-        out: Path = typer.Option(...), model: str = typer.Option("tiny"),
-        task: str = typer.Option("math"),
+        out: Path = typer.Option(...),
+        config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields; the "
+                                              "options below override it."),
+        model: Optional[str] = typer.Option(None, help="[default: tiny]"),
+        task: Optional[str] = typer.Option(None, help="[default: math]"),
         workers: int = typer.Option(2, help="Ray Train workers (0: in this process)."),
-        deepspeed_stage: Optional[int] = typer.Option(None, help="ZeRO stage 0-3 (default: none)."),
-        config: Optional[Path] = typer.Option(None, help="YAML with TrainConfig fields."),
-        objective: str = typer.Option("rl", help="rl (REINFORCE + KL) or sft."),
+        deepspeed_stage: Optional[int] = typer.Option(None, help="ZeRO stage 0-3 (default: "
+                                                      "none)."),
+        objective: Optional[str] = typer.Option(None, help="rl (REINFORCE + KL, the default) "
+                                                "or sft."),
         policy_name: str = typer.Option(policy, "--policy", help="svf or lora."),
         engine: Optional[str] = typer.Option(None, help="Rollout engine: hf or vllm."),
         steps: Optional[int] = typer.Option(None), kl_coef: Optional[float] = typer.Option(None),
@@ -339,13 +352,10 @@ def _train_command(policy: str, doc: str):
         from t2ray.rl.launch import train
         from t2ray.rl.trainer import TrainConfig
 
-        cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
-        cfg.policy, cfg.model, cfg.task, cfg.out = policy_name, model, task, str(out)
-        cfg.objective, cfg.deepspeed_stage = objective, deepspeed_stage
-        for name, value in (("steps", steps), ("kl_coef", kl_coef), ("seed", seed),
-                            ("engine", engine)):
-            if value is not None:
-                setattr(cfg, name, value)
+        cfg = _configured(TrainConfig, config, policy=policy_name, model=model, task=task,
+                          objective=objective, deepspeed_stage=deepspeed_stage, engine=engine,
+                          steps=steps, kl_coef=kl_coef, seed=seed)
+        cfg.out = str(out)
         train(cfg, workers=workers, max_failures=max_failures)
 
     command.__doc__ = doc
@@ -414,27 +424,26 @@ def t2l_generate(
 @t2l_app.command("train")
 def t2l_train(
     out: Path = typer.Option(..., help="Run directory (checkpoint/, metrics.jsonl, curve)."),
-    variant: str = typer.Option("M", help="L, M or S."),
-    objective: str = typer.Option("sft", help="sft (through the base model) or recon."),
+    variant: Optional[str] = typer.Option(None, help="L, M (the default) or S."),
+    objective: Optional[str] = typer.Option(None, help="sft (through the base model, the "
+                                            "default) or recon."),
     library: Optional[Path] = typer.Option(None, help="recon: directory of per-task LoRAs."),
-    model: str = typer.Option("tiny"),
-    config: Optional[Path] = typer.Option(None, help="YAML with T2LTrainConfig fields."),
+    model: Optional[str] = typer.Option(None, help="[default: tiny]"),
+    config: Optional[Path] = typer.Option(None, help="YAML with T2LTrainConfig fields; the "
+                                          "options here override it."),
     steps: Optional[int] = typer.Option(None),
     workers: int = typer.Option(0, help="Ray Train workers (0: in this process)."),
     deepspeed_stage: Optional[int] = typer.Option(None, help="ZeRO stage (default: none)."),
-    seed: int = typer.Option(0),
+    seed: Optional[int] = typer.Option(None, help="[default: 0]"),
     max_failures: int = typer.Option(1, help="Worker failures to recover from."),
 ):
     """Train the T2L hypernetwork on the seen instruction families."""
     from t2ray.t2l.train import T2LTrainConfig, train_t2l
 
-    cfg = T2LTrainConfig.from_yaml(config) if config else T2LTrainConfig()
-    cfg.out, cfg.variant, cfg.objective, cfg.model, cfg.seed = (str(out), variant, objective,
-                                                               model, seed)
-    cfg.library = str(library) if library else cfg.library
-    cfg.deepspeed_stage = deepspeed_stage
-    if steps is not None:
-        cfg.steps = steps
+    cfg = _configured(T2LTrainConfig, config, variant=variant, objective=objective, model=model,
+                      seed=seed, deepspeed_stage=deepspeed_stage, steps=steps,
+                      library=str(library) if library else None)
+    cfg.out = str(out)
     try:
         cfg.validate()
     except ValueError as e:

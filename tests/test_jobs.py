@@ -113,3 +113,17 @@ def test_a_ray_job_refuses_a_relative_output_before_any_work(tmp_path, small_mod
                    env={RAY_JOB_ENV: "{}", RUNS_DIR_ENV: str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "svd" / RECORD_NAME).exists()
+
+
+def test_a_config_file_keeps_its_fields_unless_an_option_is_given(tmp_path):
+    from t2ray.cli import _configured
+    from t2ray.rl.trainer import TrainConfig
+    from t2ray.t2l.train import T2LTrainConfig
+
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"model": "some/model", "task": "code", "deepspeed_stage": 3,
+                                    "steps": 7}))
+    cfg = _configured(TrainConfig, path, policy="svf", model=None, task=None, steps=2,
+                      deepspeed_stage=None)
+    assert (cfg.model, cfg.task, cfg.deepspeed_stage, cfg.steps) == ("some/model", "code", 3, 2)
+    assert _configured(T2LTrainConfig, None, variant=None, seed=None).variant == "M"

@@ -362,7 +362,9 @@ def unseen_table(config: Path, seen: Path, out: Path, model: str, seeds: list[in
     overrides = (fields.pop("methods", {}) or {}).get("svf-rl", {})
     overrides.update(((fields.pop("tasks", {}) or {}).get(CLASSIFIER) or {}).get("svf-rl", {}))
     cache = decompose_model(model, "mlp")
-    base_cfg = TrainConfig(**{**fields, **overrides}, model=model, svd_cache=str(cache.root))
+    # the model and its cache are this table's, whatever the sweep's YAML named
+    base_cfg = TrainConfig(**{**fields, **overrides, "model": model,
+                              "svd_cache": str(cache.root)})
     library = assemble_libraries(
         Path(seen), Path(out), seeds, cache,
         lambda seed, run: train(replace(base_cfg, out=str(run), task=CLASSIFIER, seed=seed),
