@@ -281,3 +281,22 @@ def test_only_reconstruction_builds_the_library(tmp_path, tiny_random):
     assert table.checkpoint("t2l-sft-M", 0).net.cfg.variant == "M"
     assert [m for m in t2l.all_methods() if t2l.reconstructs(m)] == [
         "t2l-recon-L", "t2l-recon-M", "t2l-recon-S", "t2l-onehot"]
+
+
+def test_the_variant_choice_reads_each_methods_best_validation_point(tmp_path):
+    import json
+
+    from t2ray.experiments.t2l import method_choice
+
+    for method, readings in {"t2l-sft-M": [0.27, 0.48, 0.0], "t2l-sft-S": [0.36],
+                             "t2l-sft-L": [0.41, 0.2]}.items():
+        points = [{"val_heldout_accuracy": v, "run": f"{method}/{i}"}
+                  for i, v in enumerate(readings)]
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "tuning.json").write_text(json.dumps(
+            {"method": method, "points": points,
+             "selected": max(points, key=lambda p: p["val_heldout_accuracy"])}))
+    choice = method_choice(tmp_path)
+    assert choice == {"methods": {"t2l-sft-L": 0.41, "t2l-sft-M": 0.48, "t2l-sft-S": 0.36},
+                      "chosen": "t2l-sft-M"}
+    assert method_choice(tmp_path / "none") == {"methods": {}, "chosen": None}

@@ -590,4 +590,19 @@ def tune_t2l(cfg: T2LTableConfig, method: str, grid: dict[str, list], out: Path,
                       f"{100 * p['val_accuracy']:.1f}")
     console.print(shown)
     console.print(f"selected: {Path(best['run']).name}")
+    choice = method_choice(out)
+    if len(choice["methods"]) > 1:
+        console.print("best point of each tuned method on the validation families: " + ", ".join(
+            f"{m} {100 * v:.1f}" for m, v in choice["methods"].items())
+            + f"; chosen: {choice['chosen']}")
     return summary
+
+
+def method_choice(out: Path) -> dict:
+    """Across the methods tuned under `out` (e.g. the SFT variants L, M and S): each one's best
+    validation-family reading and the method with the highest (the variant the table ships)."""
+    best = {}
+    for record in sorted(Path(out).glob("*/tuning.json")):
+        summary = json.loads(record.read_text())
+        best[summary["method"]] = summary["selected"]["val_heldout_accuracy"]
+    return {"methods": best, "chosen": max(best, key=best.get) if best else None}
