@@ -16,7 +16,7 @@ LAYERS = {
     "rl": 6, "t2l": 6, "adapt": 6,
     "experiments": 7,
     "serve": 8,
-    "cli": 9, "jobs": 9,
+    "cli": 9, "job": 9, "jobs": 9,
 }
 
 

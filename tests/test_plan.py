@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import run
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from t2ray.distributed.plan import PlanRequest, memory_plan
 from t2ray.svf.cache import decompose
+from t2ray.svf.targets import count_svf_params
 
 MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
 LLAMA_8B = MODELS / "llama-3.1-8b-instruct" / "config.json"
@@ -30,6 +30,7 @@ def test_factor_and_z_sizes_match_the_hand_computed_anchors(path, hidden, inter,
     assert plan["svd_factor_bytes"] == 2 * plan["svd_factor_values"]  # bf16
     assert plan["target_weight_values"] == 3 * layers * hidden * inter
     assert plan["z_values"] == 3 * layers * hidden and plan["z_bytes"] == 4 * plan["z_values"]
+    assert plan["z_values"] == count_svf_params(json.loads(path.read_text()), "mlp")
     assert plan["factor_to_target_weights"] == pytest.approx(1.29, abs=0.005)
     assert plan["base_weight_bytes"] / 1e9 == pytest.approx(base_gb, abs=0.05)
 
@@ -89,12 +90,23 @@ def test_bad_input_names_the_field(change, message):
         memory_plan(config, PlanRequest(**request))
 
 
-def test_cli_json_and_errors(tmp_path):
-    plan = json.loads(run("plan", "--config", str(LLAMA_70B), "--gpus", "8", "--tp", "8",
-                          "--zero", "3", "--json").stdout)
-    assert list(plan["training"]) == ["zero3"] and plan["z_values"] == 1_966_080
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`t2ray ARGS` in this process: exit code, stdout, stderr."""
+    from t2ray.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out = capsys.readouterr()
+    return exit_.value.code or 0, out.out, out.err
+
+
+def test_cli_json_and_errors(capsys):
+    code, out, _ = cli(capsys, "plan", "--config", str(LLAMA_70B), "--gpus", "8", "--tp", "8",
+                       "--zero", "3", "--json")
+    plan = json.loads(out)
+    assert code == 0 and list(plan["training"]) == ["zero3"] and plan["z_values"] == 1_966_080
     assert {"svd_factor_bytes", "z_values", "engine"} <= set(plan)
-    text = run("plan", "--config", str(LLAMA_8B), "--gpus", "2").stdout
-    assert "zero0" in text and "buffers" in text
-    bad = run("plan", "--config", str(LLAMA_8B), "--gpus", "4", "--tp", "3", check=False)
-    assert bad.returncode == 2 and "num_attention_heads" in bad.stderr
+    code, out, _ = cli(capsys, "plan", "--config", str(LLAMA_8B), "--gpus", "2")
+    assert code == 0 and "zero0" in out and "buffers" in out
+    code, _, err = cli(capsys, "plan", "--config", str(LLAMA_8B), "--gpus", "4", "--tp", "3")
+    assert code == 2 and "num_attention_heads" in err

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from t2ray.svf.targets import TargetMatrix, config_targets, count_svf_params, meta_model
+from t2ray.svf.targets import TargetMatrix, find_targets, meta_model
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 FP32 = 4
@@ -91,14 +91,14 @@ def memory_plan(config, request: PlanRequest) -> dict:
     cfg = model.config
     layers = _field(cfg, "num_hidden_layers")
     attention = _attention(cfg, request.tp)
-    matrices = config_targets(config, request.targets)
+    matrices = find_targets(model, request.targets)
     dtype_bytes = DTYPE_BYTES[request.dtype]
     n, mem = request.gpus, request.gpu_mem_gb * GB
 
     base_values = sum(p.numel() for p in model.parameters())
     target_values = sum(m.out_features * m.in_features for m in matrices)
     factor_total = sum(factor_values(m) for m in matrices)
-    z_values = count_svf_params(config, request.targets)
+    z_values = sum(m.rank for m in matrices)  # count_svf_params, on the model built above
     base_bytes, factor_bytes = base_values * dtype_bytes, factor_total * dtype_bytes
     z_bytes = z_values * FP32
 
