@@ -203,3 +203,15 @@ def submit(cluster: RayCluster, command: list[str], wait: bool = True, timeout: 
             raise RuntimeError(f"ray job submit failed:\n{proc.stderr[-3000:]}")
         return job_id
     return proc
+
+
+def registered_checkpoints(storage: Path) -> list[str]:
+    """Checkpoints Ray Train's controller has registered under a run's storage path: its
+    snapshot file, rewritten at each registration, names them. A checkpoint's directory appears
+    a moment earlier, and a worker killed in between makes the run restart from step 0."""
+    snapshots = list(Path(storage).glob("*/checkpoint_manager_snapshot.json"))
+    if not snapshots:
+        return []
+    text = snapshots[0].read_text()
+    return [p.name for p in Path(storage).glob("*/checkpoint_*") if p.is_dir() and p.name in text]
+

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_cluster import Phase, RayCluster, submit
+from ray_cluster import Phase, RayCluster, registered_checkpoints, submit
 
 from t2ray.experiments.t2l import held_out_tasks
 from t2ray.job import RECORD_NAME
@@ -105,15 +105,6 @@ def test_every_job_runs_through_ray_job_submit(one_node, tiny_random, tmp_path):
 STEPS = 30
 
 
-def _registered(storage: Path) -> list[str]:
-    """Checkpoints Ray Train's controller has registered (its snapshot, rewritten on each)."""
-    snapshots = list(storage.glob("*/checkpoint_manager_snapshot.json"))
-    if not snapshots:
-        return []
-    text = snapshots[0].read_text()
-    return [p.name for p in storage.glob("*/checkpoint_*") if p.is_dir() and p.name in text]
-
-
 @pytest.mark.timeout(1500)
 def test_two_nodes_survive_losing_the_second_node(tiny_random, tmp_path):
     """A 2-worker SVF job spans both one-CPU nodes; the second node is SIGKILLed after two
@@ -131,10 +122,8 @@ def test_two_nodes_survive_losing_the_second_node(tiny_random, tmp_path):
                      wait=False)
         storage = out / "ray_train"
         explain = lambda: cluster.explain(job)  # noqa: E731
-        # a checkpoint counts once the controller registered it (its snapshot file names it),
-        # not when its directory appears: only registered ones are resumed from
         phase = Phase("two registered checkpoints", 300, explain)
-        while len(_registered(storage)) < 2:
+        while len(registered_checkpoints(storage)) < 2:
             cluster.check_job(job)
             phase.check()
             time.sleep(0.2)

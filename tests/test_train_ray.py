@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_cluster import registered_checkpoints
 from ray_local import local_ray  # noqa: F401
 
 from t2ray.rl.launch import train
@@ -53,10 +54,9 @@ def test_two_workers_and_a_killed_worker_resumes(local_ray, tiny_random, tmp_pat
     thread.start()
     storage = tmp_path / "out" / "ray_train"
     deadline = time.time() + 600  # generous: CI machines are shared
-    # Wait for the second checkpoint: by then the first one is surely registered.
-    while len(list(storage.glob("*/checkpoint_*"))) < 2 and time.time() < deadline:
-        time.sleep(0.5)
-    assert len(list(storage.glob("*/checkpoint_*"))) >= 2, "no checkpoints were written"
+    while len(registered_checkpoints(storage)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(registered_checkpoints(storage)) >= 2, "no checkpoints were registered"
     victims = train_worker_pids()
     assert len(victims) == 2
     os.kill(victims[1], signal.SIGKILL)
@@ -101,9 +101,9 @@ def test_t2l_on_two_workers_resumes_after_a_killed_worker(local_ray, tmp_path): 
     thread.start()
     storage = tmp_path / "t2l" / "ray_train"
     deadline = time.time() + 600
-    while len(list(storage.glob("*/checkpoint_*"))) < 2 and time.time() < deadline:
-        time.sleep(0.5)
-    assert len(list(storage.glob("*/checkpoint_*"))) >= 2, "no checkpoints were written"
+    while len(registered_checkpoints(storage)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(registered_checkpoints(storage)) >= 2, "no checkpoints were registered"
     victims = train_worker_pids()
     assert len(victims) == 2
     os.kill(victims[0], signal.SIGKILL)
