@@ -96,16 +96,24 @@ def validate_document(document: dict, file: str) -> list[str]:
     return [f"{file}: kind: no schema here for {kind!r}"]
 
 
+def cluster_spec(document: dict) -> tuple[list[str], dict]:
+    """The RayCluster spec of a RayCluster, RayJob (`rayClusterSpec`) or RayService
+    (`rayClusterConfig`) manifest, and its path in the document."""
+    spec = document.get("spec") or {}
+    for key in ("rayClusterSpec", "rayClusterConfig"):
+        if key in spec:
+            return ["spec", key], spec[key]
+    return ["spec"], spec
+
+
 def _loopback_dashboard_errors(document: dict, file: str) -> list[str]:
     """KubeRay's operator and the RayJob submitter reach the dashboard through the head
     Service, so a head that listens on loopback only cannot work (KubeRay sets 0.0.0.0)."""
-    spec = document.get("spec") or {}
-    cluster = spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or spec
-    key = [k for k in ("rayClusterSpec", "rayClusterConfig") if k in spec]
+    path, cluster = cluster_spec(document)
     params = ((cluster.get("headGroupSpec") or {}).get("rayStartParams") or {})
     host = params.get("dashboard-host")
     if host in ("127.0.0.1", "localhost", "::1"):
-        where = ".".join(["spec", *key, "headGroupSpec", "rayStartParams", "dashboard-host"])
+        where = ".".join([*path, "headGroupSpec", "rayStartParams", "dashboard-host"])
         return [f"{file}: {where}: {host!r} is unreachable from outside the head pod; the "
                 f"operator and the RayJob submitter need KubeRay's default 0.0.0.0 (keep the "
                 f"dashboard private with a ClusterIP Service, a NetworkPolicy and token auth)"]

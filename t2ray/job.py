@@ -67,8 +67,7 @@ def resolve_outputs(params: dict) -> dict:
                 f"--{name.replace('_', '-')} {value} is relative: under `ray job submit` it would "
                 f"land in the job's temporary copy of the working directory and be lost; give an "
                 f"absolute path on shared storage or set {RUNS_DIR_ENV}")
-        resolved[name] = type(value)(Path(runs) / value) if isinstance(value, Path) else \
-            str(Path(runs) / value)
+        resolved[name] = type(value)(Path(runs) / value)  # a Path stays a Path, a str a str
     return resolved
 
 

@@ -96,8 +96,7 @@ def test_the_rayservice_serves_serve_config_yaml():
 
 
 def _containers(document) -> list[dict]:
-    spec = document["spec"]
-    cluster = spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or spec
+    _, cluster = validate.cluster_spec(document)
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     return [c for g in groups for c in g["template"]["spec"]["containers"]]
 
@@ -106,8 +105,7 @@ def test_every_node_runs_the_project_image_and_the_dashboard_is_reachable_in_the
     for name in ("kuberay-raycluster.yaml", "kuberay-rayjob.yaml", "kuberay-rayservice.yaml"):
         document = load(name)
         assert all(c["image"].startswith(IMAGE) for c in _containers(document)), name
-        spec = document["spec"]
-        cluster = spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or spec
+        _, cluster = validate.cluster_spec(document)
         assert cluster["authOptions"] == {"mode": "token"}, name
         assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP", name
         assert "dashboard-host" not in cluster["headGroupSpec"]["rayStartParams"], name

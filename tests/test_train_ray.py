@@ -2,17 +2,14 @@
 runs through `ray job submit` against a private `ray start --head` cluster."""
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from ray_cluster import registered_checkpoints
+from ray_cluster import RayCluster, registered_checkpoints, submit
 from ray_local import local_ray  # noqa: F401
 
 from t2ray.rl.launch import train
@@ -20,7 +17,6 @@ from t2ray.rl.trainer import TrainConfig
 from t2ray.svf import ExpertVector
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
 
 
 
@@ -114,57 +110,17 @@ def test_t2l_on_two_workers_resumes_after_a_killed_worker(local_ray, tmp_path): 
     assert T2LCheckpoint.load(tmp_path / "t2l" / "checkpoint").net.cfg.variant == "M"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit(tiny_random, tmp_path):
     path, cache = tiny_random
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    temp_dir = Path("/tmp") / f"t2ray-head-{os.getpid()}"
-    port, dash, agent, agent_grpc = _free_port(), _free_port(), _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    head = subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         "--include-dashboard=true", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180)
-    assert head.returncode == 0, head.stderr[-2000:]
+    cluster = RayCluster(cpus=2)
     try:
+        cluster.start_head()
         out = tmp_path / "job-out"
-        cmd = [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}",
-               "--working-dir", str(ROOT), "--runtime-env-json",
-               '{"excludes": [".venv", "runs", ".git", "*.egg-info"]}', "--",
-               sys.executable, "jobs/train_svf.py", "--model", str(path), "--task", "reasoning",
-               "--workers", "2", "--steps", "2", "--out", str(out)]
-        for _ in range(30):  # the head's job agent needs a few seconds after `ray start`
-            job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-            if "No available agent" not in job.stderr:
-                break
-            time.sleep(2)
+        job = submit(cluster, [sys.executable, "jobs/train_svf.py", "--model", str(path),
+                               "--task", "reasoning", "--workers", "2", "--steps", "2",
+                               "--out", str(out)])
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout
         assert ExpertVector.load(out / "expert").task == "reasoning"
     finally:
-        _stop_head(temp_dir)
-
-
-def _stop_head(temp_dir: Path) -> None:
-    """Stop only this cluster's processes (never `ray stop`: it kills every Ray here)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="ignore")
-            environ = (proc / "environ").read_bytes().decode(errors="ignore")
-        except OSError:
-            continue
-        if str(temp_dir) in cmd or str(temp_dir) in environ:
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    shutil.rmtree(temp_dir, ignore_errors=True)
+        cluster.stop()
