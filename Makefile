@@ -11,7 +11,7 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 # every install step that can bring them back. Idempotent.
 UNBREAK_TORCH := $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
-.PHONY: demo test setup clean-venv
+.PHONY: demo test bench setup clean-venv
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# Every benchmark in bench/ (about 15 minutes here), each rewriting its docs/benchmarks.md section.
+bench: $(STAMP)
+	$(PY) bench/run_all.py
 
 clean-venv:
 	rm -rf $(VENV)

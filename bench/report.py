@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from t2ray.eval.results import replace_section
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = ("# Benchmarks\n\nEach section is written by the script it names, with the command "
@@ -41,12 +42,5 @@ def median_time(fn, repeats: int) -> float:
 
 
 def write_section(name: str, command: str, body: str, path: Path = BENCHMARKS_MD) -> None:
-    text = path.read_text() if path.exists() else HEADER
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    section = (f"{start}\n## {name}\n\n`{command}` ({time.strftime('%Y-%m-%d')}, {machine()})"
-               f"\n\n{body.strip()}\n{end}")
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else (
-        text.rstrip() + "\n\n" + section + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    replace_section(path, name, f"## {name}\n\n`{command}` ({time.strftime('%Y-%m-%d')}, "
+                    f"{machine()})\n\n{body.strip()}", header=HEADER)

@@ -329,6 +329,14 @@ def _configured(cls, path: Optional[Path], **options):
     return cfg
 
 
+def _check(cfg) -> None:
+    """A typed config's own checks, as a usage error of the command that built it."""
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+
+
 def _train_command(policy: str, doc: str):
     """`t2ray svf train` and `t2ray lora train`: the same options, one training function."""
 
@@ -444,10 +452,7 @@ def t2l_train(
                       seed=seed, deepspeed_stage=deepspeed_stage, steps=steps,
                       library=str(library) if library else None)
     cfg.out = str(out)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+    _check(cfg)
     train_t2l(cfg, workers=workers, max_failures=max_failures)
 
 
@@ -504,6 +509,35 @@ def plan(
                   f"{result['min_gpus_zero3_factors_partitioned']} GPUs.")
     for note in result["notes"]:
         console.print(f"[dim]{note}[/dim]")
+
+
+@app.command("scaling")
+def scaling(
+    out: Path = typer.Option(Path("runs/scaling"), help="One run directory per point, and "
+                             "scaling.json / .md / .png."),
+    config: Optional[Path] = typer.Option(None, help="YAML with ScalingConfig fields; the "
+                                          "options below override it."),
+    recipes: Optional[str] = typer.Option(None, help="svf-rl,t2l-sft (the default: both)."),
+    workers: Optional[str] = typer.Option(None, help="Worker counts, e.g. 1,2,4 [default: 1,2]"),
+    zero: Optional[str] = typer.Option(None, help="ZeRO stages, `none` for plain all-reduce "
+                                       "[default: none,2,3]."),
+    steps: Optional[int] = typer.Option(None, help="Steps per run [default: 6]."),
+    model: Optional[str] = typer.Option(None, help="[default: tiny]"),
+    doc: Optional[Path] = typer.Option(None, help="Also write the table and plot into this "
+                                       "markdown file's `scaling-runs` section "
+                                       "(docs/scaling.md)."),
+):
+    """Short SVF-RL and T2L training runs at 1..N workers and ZeRO stages: per-step metrics on
+    the dashboard while they run, then a table and a plot of throughput and efficiency."""
+    from t2ray.experiments.scaling import ScalingConfig, run_scaling
+
+    cfg = _configured(ScalingConfig, config, model=model, steps=steps,
+                      recipes=_split_names(recipes) if recipes else None,
+                      workers=_int_list(workers) if workers else None,
+                      zero=_zero_list(zero) if zero else None)
+    cfg.out = str(out)
+    _check(cfg)
+    run_scaling(cfg, doc)
 
 
 @app.command("eval")
@@ -783,6 +817,10 @@ def _int_list(values: str) -> list[int]:
         return [int(v) for v in _split_names(values)]
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated integers, got {values!r}") from None
+
+
+def _zero_list(values: str) -> list[int | None]:
+    return [None if v == "none" else _int_list(v)[0] for v in _split_names(values)]
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import yaml
 
 RUNS_DIR_ENV = "T2RAY_RUNS_DIR"
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the entrypoint
-OUTPUT_PARAMS = ("out", "results", "table_out")
+OUTPUT_PARAMS = ("out", "results", "table_out", "doc")
 RECORD_NAME = "job_config.yaml"
 
 

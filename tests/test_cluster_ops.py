@@ -52,7 +52,8 @@ def test_every_job_runs_through_ray_job_submit(one_node, tiny_random, tmp_path):
         {"svd_cache": str(cache.root), "prompts_per_step": 2, "eval_n": 2, "eval_every": 1,
          "threads": 1, "steps": 1}))
     out = {name: tmp_path / name for name in ("svd", "base", "svf", "t2l", "pretrain", "eval",
-                                               "seen", "tune", "t2l_table", "unseen")}
+                                               "seen", "tune", "t2l_table", "unseen",
+                                               "scaling")}
     jobs = {
         "decompose": ["--model", m, "--no-ray", "--out", str(out["svd"])],
         "eval_base": ["--model", m, "--tasks", "math", "--n", "2", "--out",
@@ -66,6 +67,9 @@ def test_every_job_runs_through_ray_job_submit(one_node, tiny_random, tmp_path):
                          "math,code,reasoning", "--methods", "svf-rl", "--seeds", "0", "--steps", "1",
                          "--n-test", "2", "--out", str(out["seen"]), "--results",
                          str(out["seen"] / "results.json")],
+        "scaling": ["--model", m, "--recipes", "svf-rl,t2l-sft", "--workers", "1,2", "--zero",
+                    "none", "--steps", "2", "--out", str(out["scaling"]), "--doc",
+                    str(out["scaling"] / "doc.md")],
     }
     for job, args in jobs.items():
         started = time.time()
@@ -95,11 +99,17 @@ def test_every_job_runs_through_ray_job_submit(one_node, tiny_random, tmp_path):
     }.items():
         done = submit(one_node, [py, f"jobs/{job}.py", *args], timeout=600)
         assert done.returncode == 0, f"{job}:\n{(done.stdout + done.stderr)[-3000:]}"
-    for name in ("svd", "base", "svf", "t2l", "pretrain", "eval", "seen", "tune", "t2l_table",
-                 "unseen"):
+    for name in out:
         record = yaml.safe_load((out[name] / RECORD_NAME).read_text())
         assert record["command"].startswith("t2ray "), name
     assert ExpertVector.load(out["svf"] / "expert", expect_fingerprint=cache.fingerprint)
+    sweep = json.loads((out["scaling"] / "scaling.json").read_text())["rows"]
+    assert [(r["recipe"], r["workers"]) for r in sweep] == [
+        ("svf-rl", 1), ("svf-rl", 2), ("t2l-sft", 1), ("t2l-sft", 2)]
+    assert all(r["steps"] == 1 and r["tokens_per_s"] > 0 for r in sweep)
+    assert [r["grad_sync_bytes"] > 0 for r in sweep] == [False, True, False, True]
+    assert (out["scaling"] / "scaling.png").stat().st_size > 0
+    assert "| svf-rl-w2-ddp | svf-rl | 2 | none |" in (out["scaling"] / "doc.md").read_text()
 
 
 STEPS = 30

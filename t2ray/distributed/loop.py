@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from t2ray.distributed.metrics import StepMeter
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -51,8 +53,10 @@ def scheduler(opt: torch.optim.Optimizer, steps: int, kind: str = "cosine", warm
 class Trainable:
     """What a recipe builds once and `train_steps` runs.
 
-    `step(i)` returns (loss, stats) for step i; a "tokens" stat becomes `tokens_per_s` over the
-    whole step (optimiser included). `validate()` returns metrics read on validation data.
+    `step(i)` returns (loss, stats) for step i; a "tokens" stat becomes `tokens_per_s` (this
+    rank) and `global_tokens_per_s` (all ranks) over the whole step, optimiser included
+    (distributed.metrics adds the step's time, gradient-sync bytes and memory). `validate()`
+    returns metrics read on validation data.
     """
 
     module: torch.nn.Module  # its requires_grad parameters train and are checkpointed
@@ -115,6 +119,7 @@ def train_steps(parts: Trainable, steps: int, grad_clip: float, eval_every: int,
         raise ValueError("the divergence guard restores in-process state: one worker, no "
                          "DeepSpeed")
     params = [p for p in parts.module.parameters() if p.requires_grad]
+    meter = StepMeter(params, rank, world, run_name())
     start = resume(parts.module, parts.optimizer, parts.scheduler, parts.ds_engine)
     history: list[dict] = []
     good = _snapshot(parts, start) if guard else None
@@ -138,9 +143,7 @@ def train_steps(parts: Trainable, steps: int, grad_clip: float, eval_every: int,
             continue
         grad_norm = optimizer_step(loss, params, parts.optimizer, parts.scheduler, grad_clip,
                                    world, parts.ds_engine)
-        tokens = stats.pop("tokens", None)
-        if tokens is not None:
-            stats["tokens_per_s"] = tokens / (time.perf_counter() - t0)
+        meter.measure(stats, time.perf_counter() - t0, stats.pop("tokens", None))
         stats.update(step=step + 1, grad_norm=grad_norm, lr=parts.scheduler.get_last_lr()[0])
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             stats.update(parts.validate())
@@ -201,6 +204,15 @@ def in_ray_train() -> bool:
     except (ImportError, RuntimeError):  # RuntimeError: not inside a Ray Train worker
         return False
     return True
+
+
+def run_name() -> str | None:
+    """The Ray Train run this worker belongs to (None outside Ray Train)."""
+    if not in_ray_train():
+        return None
+    import ray.train
+
+    return ray.train.get_context().get_experiment_name()
 
 
 def resuming() -> bool:

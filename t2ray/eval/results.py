@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,20 @@ def merge_results(path: Path, new_rows: Sequence[ResultRow]) -> None:
 
 
 # --- tables for people
+def replace_section(path: Path, name: str, section: str, header: str = "") -> None:
+    """Put `section` between the markers `<!-- name:start -->` and `<!-- name:end -->` of a
+    markdown file, replacing what a previous run wrote there, or at its end (a missing file
+    starts with `header`). The text around the markers is left as people wrote it."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else header
+    block = f"{start}\n{section.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else (
+        text.rstrip() + "\n\n" + block + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def print_accuracy_table(rows: Iterable[EvalRow], title: str) -> None:
     table = Table("task", "n", "accuracy", "95% CI", "seconds", title=title)
     for r in rows:

@@ -2,9 +2,12 @@
 # The GPU checks as one prepared run, for a machine with torch, transformers and peft but not
 # this project's other dependencies: DeepSpeed and its needs come as wheels in .whl/ (see
 # docs/benchmarks.md, gpu_paths), the package from the working tree.
-#   OUT=DIR bash bench/gpu_check.sh [PRETRAIN_CONFIG.yaml ...]
+#   OUT=DIR bash bench/gpu.sh [PRETRAIN_CONFIG.yaml ...]
+# The GPU half of `make bench` (bench/run_all.py runs the CPU half; its other scripts time CPU
+# paths and would name this card for CPU numbers, so they are not run here):
 # 1. bench/gpu_paths.py (SVF at 8B shapes, T2L generation, DeepSpeed ZeRO-2/3), alone on the card;
-# 2. then each given pretraining config as `t2ray base pretrain --device cuda`, concurrently,
+# 2. bench/vllm_engine.py when CUDA vLLM is installed (skipped, and said so, without it);
+# 3. then each given pretraining config as `t2ray base pretrain --device cuda`, concurrently,
 #    each model packed as OUT/pretrain-NAME.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +24,7 @@ transformers.__version__, torch.cuda.get_device_name(0))"
 timeout "${BENCH_TIMEOUT:-240}" python3 bench/gpu_paths.py --json "$OUT/gpu_paths.json" \
   >"$OUT/gpu_paths.log" 2>&1
 echo "gpu_paths exit $?"; tail -n 60 "$OUT/gpu_paths.log"
+timeout "${BENCH_TIMEOUT:-240}" python3 bench/run_all.py --only vllm_engine --log-dir "$OUT"
 cp docs/benchmarks.md "$OUT/benchmarks.md"
 
 pids=()
