@@ -34,7 +34,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-# Every benchmark in bench/ (about 15 minutes here), each rewriting its docs/benchmarks.md section.
+# Every benchmark in bench/ (about 13 minutes here), each rewriting its docs/benchmarks.md section.
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 

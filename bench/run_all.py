@@ -54,8 +54,8 @@ def command(bench: Benchmark) -> list[str] | None:
         return None
     if bench.gpu and not torch.cuda.is_available():
         return None if bench.cpu_args is None else [
-            sys.executable, str(HERE / f"{bench.script}.py"), *bench.cpu_args]
-    return [sys.executable, str(HERE / f"{bench.script}.py"), *bench.args]
+            sys.executable, f"bench/{bench.script}.py", *bench.cpu_args]
+    return [sys.executable, f"bench/{bench.script}.py", *bench.args]  # quoted as typed
 
 
 def main() -> int:
@@ -76,9 +76,7 @@ def main() -> int:
                              if missing(bench) else "skipped: needs a GPU", 0.0))
             print(f"[{i + 1}/{len(chosen)}] {bench.script}: {outcomes[-1][1]}", flush=True)
             continue
-        shown = " ".join(["python", *(str(Path(c).relative_to(HERE.parent)) if c.endswith(".py")
-                                      else c for c in cmd[1:])])
-        print(f"[{i + 1}/{len(chosen)}] {shown}", flush=True)
+        print(f"[{i + 1}/{len(chosen)}] python {' '.join(cmd[1:])}", flush=True)
         started = time.perf_counter()
         done = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True)
         seconds = time.perf_counter() - started
