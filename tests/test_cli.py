@@ -57,14 +57,16 @@ def test_tasks_sample_json():
     (("eval", "--experts", "/nope", "--strategy", "magic"), "unknown strategies ['magic']"),
 ])
 def test_user_errors_are_one_line_without_a_traceback(args, message, tmp_path):
-    """A mistake a user can make ends with one line naming the problem (exit 2); --debug shows
-    the traceback."""
+    """A mistake a user can make ends with one line naming the problem (exit 2)."""
     proc = run(*args, check=False, cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
-    debug = run("--debug", *args, check=False, cwd=tmp_path)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    debug = run("--debug", "tasks", "sample", "nope", check=False, cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "nope" in debug.stderr
 
 
 def test_base_info_json():

@@ -71,6 +71,7 @@ def test_batches_weight_answers_and_mix_in_distractors():
     assert abs(kinds.count(0) - 200 * code_only.p_correct["code"]) < 30
 
 
+@pytest.mark.slow  # the default suite's time; CI runs it
 def test_pretrain_runs_end_to_end_and_is_deterministic(tmp_path):
     outs = []
     for run in ("a", "b"):

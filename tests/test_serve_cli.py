@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from t2ray.serve.local import free_port
@@ -26,6 +27,7 @@ def _get(url: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
+@pytest.mark.slow  # the default suite's time; CI runs it
 def test_serve_run_serve_config_answers(tmp_path):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     port = free_port()

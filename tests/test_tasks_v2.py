@@ -106,6 +106,7 @@ def test_reasoning_worked_form_decomposes_the_choice():
         assert head.endswith(f": {ex.answer}.")  # then the comparison
 
 
+@pytest.mark.slow  # the default suite's time; CI runs it
 def test_v2_pretraining_corpus_shows_every_cell_by_tag_and_no_held_out_description():
     from t2ray.experiments.pretrain import PretrainConfig, build_corpus
     from t2ray.models.tokenizer import build_char_tokenizer
