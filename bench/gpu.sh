@@ -7,7 +7,10 @@
 # paths and would name this card for CPU numbers, so they are not run here):
 # 1. bench/gpu_paths.py (SVF at 8B shapes, T2L generation, DeepSpeed ZeRO-2/3), alone on the card;
 # 2. bench/vllm_engine.py when CUDA vLLM is installed (skipped, and said so, without it);
-# 3. then each given pretraining config as `t2ray base pretrain --device cuda`, concurrently,
+# 3. training on the card, in-process (the card has no Ray): SVF-RL and T2L-SFT on the bundled
+#    base for a few steps with `--device cuda` (needs typer, rich and sentence-transformers with
+#    the bundled encoder as wheels in .whl/ if the machine lacks them); each run's log in OUT;
+# 4. then each given pretraining config as `t2ray base pretrain --device cuda`, concurrently,
 #    each model packed as OUT/pretrain-NAME.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +29,13 @@ timeout "${BENCH_TIMEOUT:-240}" python3 bench/gpu_paths.py --json "$OUT/gpu_path
 echo "gpu_paths exit $?"; tail -n 60 "$OUT/gpu_paths.log"
 timeout "${BENCH_TIMEOUT:-240}" python3 bench/run_all.py --only vllm_engine --log-dir "$OUT"
 cp docs/benchmarks.md "$OUT/benchmarks.md"
+
+for run in "svf train --task math" "t2l train"; do
+  name=${run%% *}
+  timeout "${TRAIN_TIMEOUT:-180}" python3 -m t2ray.cli $run --workers 0 --device cuda --steps 4 \
+    --out "/tmp/gpu-train/$name" >"$OUT/train-$name-cuda.log" 2>&1
+  echo "train $name on cuda exit $?"; tail -n 8 "$OUT/train-$name-cuda.log"
+done
 
 pids=()
 for cfg in "$@"; do

@@ -356,13 +356,15 @@ def _train_command(policy: str, doc: str):
         steps: Optional[int] = typer.Option(None), kl_coef: Optional[float] = typer.Option(None),
         seed: Optional[int] = typer.Option(None),
         max_failures: int = typer.Option(1, help="Worker failures to recover from."),
+        device: Optional[str] = typer.Option(None, help="cpu (the default) or cuda: each "
+                                             "worker's GPU (not yet run on one)."),
     ):
         from t2ray.rl.launch import train
         from t2ray.rl.trainer import TrainConfig
 
         cfg = _configured(TrainConfig, config, policy=policy_name, model=model, task=task,
                           objective=objective, deepspeed_stage=deepspeed_stage, engine=engine,
-                          steps=steps, kl_coef=kl_coef, seed=seed)
+                          steps=steps, kl_coef=kl_coef, seed=seed, device=device)
         cfg.out = str(out)
         train(cfg, workers=workers, max_failures=max_failures)
 
@@ -444,12 +446,14 @@ def t2l_train(
     deepspeed_stage: Optional[int] = typer.Option(None, help="ZeRO stage (default: none)."),
     seed: Optional[int] = typer.Option(None, help="[default: 0]"),
     max_failures: int = typer.Option(1, help="Worker failures to recover from."),
+    device: Optional[str] = typer.Option(None, help="cpu (the default) or cuda: each worker's "
+                                         "GPU (not yet run on one)."),
 ):
     """Train the T2L hypernetwork on the seen instruction families."""
     from t2ray.t2l.train import T2LTrainConfig, train_t2l
 
     cfg = _configured(T2LTrainConfig, config, variant=variant, objective=objective, model=model,
-                      seed=seed, deepspeed_stage=deepspeed_stage, steps=steps,
+                      seed=seed, deepspeed_stage=deepspeed_stage, steps=steps, device=device,
                       library=str(library) if library else None)
     cfg.out = str(out)
     _check(cfg)
@@ -523,6 +527,8 @@ def scaling(
                                        "[default: none,2,3]."),
     steps: Optional[int] = typer.Option(None, help="Steps per run [default: 6]."),
     model: Optional[str] = typer.Option(None, help="[default: tiny]"),
+    device: Optional[str] = typer.Option(None, help="cpu (the default) or cuda: one GPU per "
+                                         "worker (not yet run on one)."),
     doc: Optional[Path] = typer.Option(None, help="Also write the table and plot into this "
                                        "markdown file's `scaling-runs` section "
                                        "(docs/scaling.md)."),
@@ -531,7 +537,7 @@ def scaling(
     the dashboard while they run, then a table and a plot of throughput and efficiency."""
     from t2ray.experiments.scaling import ScalingConfig, run_scaling
 
-    cfg = _configured(ScalingConfig, config, model=model, steps=steps,
+    cfg = _configured(ScalingConfig, config, model=model, steps=steps, device=device,
                       recipes=_split_names(recipes) if recipes else None,
                       workers=_int_list(workers) if workers else None,
                       zero=_zero_list(zero) if zero else None)

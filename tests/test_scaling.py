@@ -205,3 +205,38 @@ def test_a_benchmark_that_cannot_run_here_is_skipped_not_failed(monkeypatch):
     gpu = run_all.Benchmark("gpu_paths", ("--layers", "4"), gpu=True, cpu_args=("--smoke",))
     assert run_all.command(gpu)[-1] == "--smoke"
     assert run_all.command(run_all.Benchmark("y", gpu=True)) is None
+
+
+def test_training_devices_are_named_and_a_missing_gpu_is_a_clear_error(monkeypatch):
+    from t2ray.distributed.loop import train_device
+    from t2ray.rl.trainer import TrainConfig
+    from t2ray.t2l.train import T2LTrainConfig
+
+    assert train_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be one of"):
+        train_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no GPU"):
+        train_device("cuda")
+    with pytest.raises(ValueError, match="ZeRO-3 is not supported yet"):
+        TrainConfig(svd_cache="x", device="cuda", deepspeed_stage=3).validate()
+    with pytest.raises(ValueError, match="variant Z"):
+        T2LTrainConfig(device="cuda", variant="Z").validate()
+    with pytest.raises(ValueError, match="leave 3 out of zero"):
+        ScalingConfig(device="cuda", zero=[None, 3]).validate()
+    with pytest.raises(ValueError, match="device must be one of"):
+        ScalingConfig(device="gpu").validate()
+
+
+def test_a_cuda_config_asks_ray_train_for_a_gpu_per_worker(monkeypatch, tmp_path):
+    from t2ray.distributed import train as launcher
+    from t2ray.rl.trainer import TrainConfig
+
+    asked = {}
+    monkeypatch.setattr(launcher, "run_on_ray", lambda fn, config, workers, name,
+                        storage_path, use_gpu, **kw: asked.update(use_gpu=use_gpu) or {})
+    monkeypatch.setattr("t2ray.distributed.ray_env.ensure_ray", lambda **kw: None)
+    launcher.launch(lambda c: {}, TrainConfig(out=str(tmp_path), device="cuda"), workers=2)
+    assert asked == {"use_gpu": True}
+    launcher.launch(lambda c: {}, TrainConfig(out=str(tmp_path)), workers=2)
+    assert asked == {"use_gpu": False}

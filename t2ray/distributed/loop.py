@@ -206,6 +206,21 @@ def in_ray_train() -> bool:
     return True
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def train_device(name: str) -> torch.device:
+    """Where a training worker computes: "cpu", or "cuda" for its own GPU (the one Ray Train
+    assigned it, which it made current; cuda:0 in-process)."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {name!r}")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but this worker sees no GPU")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def run_name() -> str | None:
     """The Ray Train run this worker belongs to (None outside Ray Train)."""
     if not in_ray_train():

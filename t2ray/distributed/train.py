@@ -33,11 +33,13 @@ def run_on_ray(train_fn: Callable[[dict], dict], config: dict, workers: int, nam
 def launch(train_fn: Callable[[dict], dict], cfg, workers: int, use_gpu: bool = False,
            max_failures: int = 1) -> dict:
     """Write `cfg` (a dataclass with `out` and `threads`) beside its outputs, then run `train_fn`
-    in this process (workers=0) or on Ray Train with the threads split between the workers."""
+    in this process (workers=0) or on Ray Train with the threads split between the workers; a
+    config whose `device` is "cuda" gets one GPU per worker."""
     from dataclasses import asdict
 
     import yaml
 
+    use_gpu = use_gpu or getattr(cfg, "device", "cpu") == "cuda"
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))

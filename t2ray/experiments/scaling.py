@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from t2ray.distributed.loop import DEVICES
 from t2ray.eval.results import invocation, replace_section
 
 RECIPES = ("svf-rl", "t2l-sft")
@@ -37,6 +38,7 @@ class ScalingConfig:
     prompts_per_step: int = 8  # SVF-RL, over all workers
     tasks_per_batch: int = 8  # T2L, over all workers
     svd_cache: str | None = None  # SVF-RL: a decomposition of `model` (default: <out>/svd)
+    device: str = "cpu"  # "cuda": one GPU per worker (not yet run on one; docs/scaling.md)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ScalingConfig":
@@ -53,6 +55,11 @@ class ScalingConfig:
         bad_zero = [z for z in self.zero if z not in (None, 0, 1, 2, 3)]
         if bad_zero:
             raise ValueError(f"zero stages must be none or 0-3, got {bad_zero}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        if self.device == "cuda" and 3 in self.zero and "svf-rl" in self.recipes:
+            raise ValueError("SVF-RL under ZeRO-3 cannot run on cuda yet (its lock-step "
+                             "rollouts build their batches on the CPU): leave 3 out of zero")
         if self.steps <= self.warmup:
             raise ValueError(f"steps ({self.steps}) must exceed warmup ({self.warmup})")
         for name, batch in (("prompts_per_step", self.prompts_per_step),
@@ -72,7 +79,7 @@ def _svf_config(cfg: ScalingConfig, out: Path, zero: int | None, svd_cache: str)
     return TrainConfig(out=str(out), model=cfg.model, task=cfg.svf_task, svd_cache=svd_cache,
                        steps=cfg.steps, prompts_per_step=cfg.prompts_per_step,
                        eval_every=cfg.steps, eval_n=4, checkpoint_every=cfg.steps,
-                       deepspeed_stage=zero)
+                       deepspeed_stage=zero, device=cfg.device)
 
 
 def _t2l_config(cfg: ScalingConfig, out: Path, zero: int | None, workers: int):
@@ -82,7 +89,7 @@ def _t2l_config(cfg: ScalingConfig, out: Path, zero: int | None, workers: int):
                           tasks_per_batch=cfg.tasks_per_batch // workers,
                           eval_every=cfg.steps, eval_tasks=1, eval_n=2,
                           checkpoint_every=cfg.steps, divergence_factor=0.0,
-                          deepspeed_stage=zero)
+                          deepspeed_stage=zero, device=cfg.device)
 
 
 def run_point(cfg: ScalingConfig, recipe: str, workers: int, zero: int | None,

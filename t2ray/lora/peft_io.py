@@ -32,8 +32,8 @@ def export_peft(lora: LoraWeights, out: str | Path, base_model: str = "",
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name in lora.a:
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = lora.a[name].detach().float().contiguous()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = lora.b[name].detach().float().contiguous()
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = lora.a[name].detach().float().cpu().contiguous()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = lora.b[name].detach().float().cpu().contiguous()
     save_file(tensors, out / "adapter_model.safetensors")
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,

@@ -83,8 +83,9 @@ def reinforce_loss(policy_logits: torch.Tensor, input_ids: torch.Tensor,
     seq_logp = token_logp.sum(dim=1)
     if cfg.logprob_reduction == "mean":
         seq_logp = seq_logp / n_tokens
-    rewards = rewards.to(seq_logp.dtype)
-    w = torch.ones_like(rewards) if weights is None else weights.to(seq_logp.dtype).detach()
+    rewards = rewards.to(seq_logp.device, seq_logp.dtype)  # verified on the CPU
+    w = (torch.ones_like(rewards) if weights is None
+         else weights.to(seq_logp.device, seq_logp.dtype).detach())
     adv = advantages(rewards, cfg, weights=None if weights is None else w)
     pg_loss = -(w * adv * seq_logp).sum() / w.sum()
     stats = {"pg_loss": pg_loss.item(), "reward_mean": ((w * rewards).sum() / w.sum()).item(),

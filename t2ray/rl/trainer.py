@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from t2ray.distributed.loop import (
+    DEVICES,
     Trainable,
     completion_batch,
     distributed,
@@ -26,6 +27,7 @@ from t2ray.distributed.loop import (
     save_history,
     scheduler,
     sft_loss,
+    train_device,
 )
 from t2ray.engines.base import Completion, Engine, label_scores
 from t2ray.engines.factory import ENGINES
@@ -83,6 +85,9 @@ class TrainConfig:
     engine: str = "hf"
     engine_cpus: float = 1.0  # the vLLM actor's Ray CPUs
     engine_gpus: float | None = None  # its GPUs (None: one per tensor-parallel rank on CUDA)
+    # "cuda": the policy, its rollouts (HF engine) and its loss on this worker's GPU (launch
+    # then asks Ray Train for one GPU per worker). Not yet run on a GPU (docs/scaling.md).
+    device: str = "cpu"
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -95,6 +100,11 @@ class TrainConfig:
             raise ValueError(f"objective must be 'rl' or 'sft', not {self.objective!r}")
         if self.policy == "svf" and not self.svd_cache:
             raise ValueError("an SVF policy needs svd_cache (run `t2ray svf decompose`)")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        if self.device == "cuda" and self.deepspeed_stage == 3:
+            raise ValueError("device 'cuda' with ZeRO-3 is not supported yet: the lock-step "
+                             "engine builds its batches on the CPU; use ZeRO 0-2")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
         if self.optimizer not in ("adamw-cosine", "adam-constant"):
@@ -312,8 +322,9 @@ def build(cfg: TrainConfig) -> Trainable:
     """Every component of a run, from its config."""
     rank, world = distributed()
     torch.manual_seed(cfg.seed + rank)
-    model, tok = load_model(cfg.model)
-    policy = _build_policy(cfg, model)
+    device = train_device(cfg.device)
+    model, tok = load_model(cfg.model, device=str(device))
+    policy = _build_policy(cfg, model).to(device)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt, sched = _optimizer(cfg, params)
     ds_engine = None
@@ -367,9 +378,9 @@ def build(cfg: TrainConfig) -> Trainable:
         completions, weights = rollout(step, examples, prompts)
         rewards = torch.tensor(_verify(verifiers, [examples[i] for i in rows],
                                        [c.text for c in completions]))
-        ids, attn, comp = completion_batch(
+        ids, attn, comp = (t.to(device) for t in completion_batch(
             [ids_of[i] for i in rows],
-            [c.token_ids + [tok.eos_token_id] for c in completions], tok.pad_token_id)
+            [c.token_ids + [tok.eos_token_id] for c in completions], tok.pad_token_id))
         base = policy.base_logits(ids, attn) if cfg.kl_coef > 0 else None
         loss, stats = reinforce_loss(forward(ids, attn), ids, comp, rewards, rl_cfg,
                                      base_logits=base, weights=weights)
@@ -379,7 +390,8 @@ def build(cfg: TrainConfig) -> Trainable:
         examples, _, ids_of = batch(step)
         answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
                    for e in examples]
-        ids, attn, comp = completion_batch(ids_of, answers, tok.pad_token_id)
+        ids, attn, comp = (t.to(device) for t in completion_batch(ids_of, answers,
+                                                                   tok.pad_token_id))
         loss = sft_loss(forward(ids, attn), ids, comp)
         return loss, {"loss": loss.item(), "completion_tokens": int(comp.sum()), **sizes,
                       "tokens": int(attn.sum())}

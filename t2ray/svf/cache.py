@@ -11,6 +11,7 @@ refused.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -138,10 +139,9 @@ def decompose(model: torch.nn.Module, targets, out: str | Path, use_ray: bool | 
         state["done"][key] = errors
         progress_path.write_text(json.dumps(state))
 
-    if use_ray is None:
-        import ray
-
-        use_ray = ray.is_initialized()
+    if use_ray is None:  # Ray when this process already runs it (Ray need not be installed)
+        ray = sys.modules.get("ray")
+        use_ray = ray is not None and ray.is_initialized()
     bar = tqdm(total=len(shards), initial=len(shards) - len(todo), desc="svd shards",
                disable=not progress)
     if use_ray and todo:

@@ -110,7 +110,8 @@ class T2LCheckpoint:
         if encoder.name != self.encoder:
             raise ValueError(f"checkpoint was trained with encoder {self.encoder!r}, "
                              f"got {encoder.name!r}")
-        outputs = self.net(encoder.encode(descriptions))
+        device = next(self.net.parameters()).device  # encoders give CPU embeddings
+        outputs = self.net(encoder.encode(descriptions).to(device))
         if self.net.cfg.variant == "Z":
             if svd_cache is None:
                 raise ValueError("a text-to-SVF checkpoint needs the base model's SVD cache")

@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from t2ray.distributed.loop import (
+    DEVICES,
     SCHEDULES,
     DivergenceGuard,
     Trainable,
@@ -38,6 +39,7 @@ from t2ray.distributed.loop import (
     save_history,
     scheduler,
     sft_loss,
+    train_device,
 )
 from t2ray.distributed.train import launch
 from t2ray.engines.hf import HFEngine
@@ -107,6 +109,9 @@ class T2LTrainConfig:
     seed: int = 0
     threads: int = 2
     deepspeed_stage: int | None = None
+    # "cuda": base model, hypernetwork and loss on this worker's GPU (launch then asks Ray Train
+    # for one GPU per worker). Not yet run on a GPU (docs/scaling.md).
+    device: str = "cpu"
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "T2LTrainConfig":
@@ -118,6 +123,11 @@ class T2LTrainConfig:
                 if t not in self.val_tasks]
 
     def validate(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        if self.device == "cuda" and self.variant == "Z":
+            raise ValueError("device 'cuda' is not supported for text-to-SVF (variant Z) yet: "
+                             "its SVD factors stay on the CPU")
         if self.schedule not in SCHEDULES or self.schedule == "constant":
             raise ValueError(f"schedule must be cosine or linear, not {self.schedule!r}")
         if not all(0 <= v < 1 for v in (self.warmup_ratio, self.label_smoothing,
@@ -216,15 +226,15 @@ class ReconTargets:
     `delta_w`, its updates B A per module type and their std."""
 
     def __init__(self, library: dict[str, LoraWeights], layers: dict[str, list[str]],
-                 target: str = "ab"):
+                 target: str = "ab", device: torch.device | str = "cpu"):
         """`layers`: each module type's full name in every layer (`T2LCheckpoint.layers`)."""
         self.tasks, self.target = list(library), target
         self.a, self.b, self.stats = {}, {}, {}
         for m, names in layers.items():
             a = torch.stack([torch.stack([library[t].a[n] for n in names])
-                             for t in self.tasks]).float()
+                             for t in self.tasks]).float().to(device)
             b = torch.stack([torch.stack([library[t].b[n] for n in names])
-                             for t in self.tasks]).float()
+                             for t in self.tasks]).float().to(device)
             self.a[m], self.b[m] = a, b
             self.stats[m] = tuple((x.mean(0), x.std(0).clamp_min(1e-6)) if len(self.tasks) > 1
                                   else (torch.zeros_like(x[0]), torch.ones_like(x[0]))
@@ -250,13 +260,14 @@ def build(cfg: T2LTrainConfig) -> Trainable:
     """Every component of a run from its config."""
     rank, world = distributed()
     torch.manual_seed(cfg.seed + rank)
-    model, tok = load_model(cfg.model)
+    device = train_device(cfg.device)
+    model, tok = load_model(cfg.model, device=str(device))
     for p in model.parameters():
         p.requires_grad_(False)
     tasks = {name: get_task(name) for name in cfg.task_names()}
     encoder = (OneHotTaskEncoder(list(tasks)) if cfg.task_embedding == "one-hot"
                else DescriptionEncoder(cfg.encoder))
-    net = build_hypernet(cfg, model.config.to_dict(), encoder.dim).train()
+    net = build_hypernet(cfg, model.config.to_dict(), encoder.dim).train().to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = scheduler(opt, cfg.steps, cfg.schedule, round(cfg.warmup_ratio * cfg.steps))
@@ -276,7 +287,7 @@ def build(cfg: T2LTrainConfig) -> Trainable:
         rng = random.Random(f"{cfg.seed}|{step}|{rank}")
         names = task_batch(list(tasks), cfg.tasks_per_batch, step, f"{cfg.seed}|{rank}")
         descriptions = [rng.choice(tasks[n].descriptions) for n in names]
-        return rng, names, forward(encoder.encode(descriptions))
+        return rng, names, forward(encoder.encode(descriptions).to(device))
 
     def recon_step(step: int) -> tuple[torch.Tensor, dict]:
         _, names, outputs = draw(step)
@@ -289,8 +300,8 @@ def build(cfg: T2LTrainConfig) -> Trainable:
                     for e in rng.sample(train_sets[n], cfg.examples_per_task)]
         answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
                    for _, e in examples]
-        ids, attn, comp = completion_batch([prompt_ids(tok, e.prompt) for _, e in examples],
-                                           answers, tok.pad_token_id)
+        ids, attn, comp = (t.to(device) for t in completion_batch(
+            [prompt_ids(tok, e.prompt) for _, e in examples], answers, tok.pad_token_id))
         if svd_cache is not None:
             experts = to_experts(outputs, svd_cache)
             adapted = factorized(model, svd_cache, [experts[i] for i, _ in examples])
@@ -320,7 +331,7 @@ def build(cfg: T2LTrainConfig) -> Trainable:
     recon = None
     if cfg.objective == "recon":
         recon = ReconTargets(load_library(cfg.library, list(tasks), cfg.rank, fingerprint),
-                             layers, cfg.recon_target)
+                             layers, cfg.recon_target, device)
     def save(history: list[dict]) -> None:
         out = Path(cfg.out)
         _checkpoint(net, cfg, encoder, model, fingerprint).save(out / "checkpoint",
