@@ -240,3 +240,26 @@ def test_a_cuda_config_asks_ray_train_for_a_gpu_per_worker(monkeypatch, tmp_path
     assert asked == {"use_gpu": True}
     launcher.launch(lambda c: {}, TrainConfig(out=str(tmp_path)), workers=2)
     assert asked == {"use_gpu": False}
+
+
+def test_a_finished_point_is_reused_only_with_the_same_settings(monkeypatch, tmp_path):
+    from dataclasses import asdict
+
+    import yaml
+
+    from t2ray.experiments import scaling
+
+    cfg = ScalingConfig(out=str(tmp_path), recipes=["t2l-sft"])
+    out = tmp_path / run_name("t2l-sft", 2, None)
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "step_time_s": 1.0}) + "\n")
+    settings = asdict(scaling._t2l_config(cfg, out, None, 2))
+    (out / "train_config.yaml").write_text(yaml.safe_dump(settings))
+    trained = []
+    monkeypatch.setattr("t2ray.t2l.train.train_t2l", lambda config, workers, max_failures:
+                        trained.append(config) or {"history": [{"step": 1, "fresh": True}]})
+    kept = scaling.run_point(cfg, "t2l-sft", 2, None, None)
+    assert kept["history"] == [{"step": 1, "step_time_s": 1.0}] and not trained
+    cfg.steps = 12  # another setting: the point runs again
+    assert scaling.run_point(cfg, "t2l-sft", 2, None, None)["history"][0]["fresh"]
+    assert trained[0].steps == 12 and trained[0].tasks_per_batch == 4

@@ -16,6 +16,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from t2ray.distributed.loop import DEVICES
@@ -42,8 +43,6 @@ class ScalingConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ScalingConfig":
-        import yaml
-
         return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
 
     def validate(self) -> None:
@@ -96,17 +95,20 @@ def run_point(cfg: ScalingConfig, recipe: str, workers: int, zero: int | None,
               svd_cache: str | None) -> dict:
     """One training run; its rank-0 step history with the point's settings."""
     out = Path(cfg.out) / run_name(recipe, workers, zero)
-    history_file = out / "metrics.jsonl"
-    if history_file.exists():  # a finished point is kept: a stopped sweep resumes
+    config = (_svf_config(cfg, out, zero, svd_cache) if recipe == "svf-rl"
+              else _t2l_config(cfg, out, zero, workers))
+    history_file, recorded = out / "metrics.jsonl", out / "train_config.yaml"
+    if history_file.exists() and yaml.safe_load(recorded.read_text()) == asdict(config):
+        # a finished point with these very settings is kept: a stopped sweep resumes
         history = [json.loads(line) for line in history_file.read_text().splitlines()]
     elif recipe == "svf-rl":
         from t2ray.rl.launch import train
 
-        history = train(_svf_config(cfg, out, zero, svd_cache), workers, max_failures=0)["history"]
+        history = train(config, workers, max_failures=0)["history"]
     else:
         from t2ray.t2l.train import train_t2l
 
-        history = train_t2l(_t2l_config(cfg, out, zero, workers), workers, max_failures=0)["history"]
+        history = train_t2l(config, workers, max_failures=0)["history"]
     return {"run": out.name, "recipe": recipe, "workers": workers, "zero": zero,
             "history": history}
 
