@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -154,8 +155,10 @@ def test_gauges_reach_the_nodes_prometheus_endpoint():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=1, include_dashboard=False, _metrics_export_port=port,
-             log_to_driver=False)
+    if ray.is_initialized():
+        pytest.fail("a Ray instance is already initialised in this process")
+    ray.init(num_cpus=1, include_dashboard=False, _metrics_export_port=port, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="t2ray-ray-", dir="/tmp"))
     try:
         @ray.remote
         def step(seconds: float) -> None:
