@@ -209,11 +209,16 @@ def in_ray_train() -> bool:
 DEVICES = ("cpu", "cuda")
 
 
+def check_device(name: str) -> None:
+    """A config's `device` field: one of DEVICES (every config that has one checks it here)."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {name!r}")
+
+
 def train_device(name: str) -> torch.device:
     """Where a training worker computes: "cpu", or "cuda" for its own GPU (the one Ray Train
     assigned it, which it made current; cuda:0 in-process)."""
-    if name not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {name!r}")
+    check_device(name)
     if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -344,8 +349,9 @@ def save_history(history: list[dict], out: Path, png_name: str, key: str, title:
     plt.close(fig)
 
 
-def completion_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
-    """Right-padded prompt + completion ids, attention mask and completion mask."""
+def completion_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                     device: torch.device | str = "cpu"):
+    """Right-padded prompt + completion ids, attention mask and completion mask, on `device`."""
     rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -355,7 +361,7 @@ def completion_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]
         ids[i, : len(p) + len(c)] = torch.tensor(p + c)
         attn[i, : len(p) + len(c)] = 1
         comp[i, len(p) : len(p) + len(c)] = 1
-    return ids, attn, comp
+    return ids.to(device), attn.to(device), comp.to(device)
 
 
 def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor,

@@ -34,12 +34,16 @@ def rank_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def grad_sync_bytes(params: list[torch.nn.Parameter], world: int) -> int:
-    """Bytes of gradient a rank sends per step: every trainable element once (fp32), none when
-    alone. Under ZeRO-3 a parameter may be empty between forwards; `ds_numel` is its size."""
-    if world == 1:
-        return 0
+def trainable_fp32_bytes(params: list[torch.nn.Parameter]) -> int:
+    """Bytes of these parameters in fp32. Under ZeRO-3 a parameter may be empty between
+    forwards; `ds_numel` is its whole size."""
     return sum(getattr(p, "ds_numel", p.numel()) * 4 for p in params)
+
+
+def grad_sync_bytes(params: list[torch.nn.Parameter], world: int) -> int:
+    """Bytes of gradient a rank sends per step: every trainable element once, none when
+    alone."""
+    return 0 if world == 1 else trainable_fp32_bytes(params)
 
 
 class StepMeter:
@@ -47,7 +51,7 @@ class StepMeter:
 
     def __init__(self, params: list[torch.nn.Parameter], rank: int, world: int,
                  run: str | None = None):
-        self.rank, self.world = rank, world
+        self.world = world
         self.sync_bytes = grad_sync_bytes(params, world)
         self.gauges = _gauges() if run is not None else None
         self.tags = {"run": run or "", "rank": str(rank)}

@@ -12,6 +12,7 @@ and a plot of throughput and efficiency against workers, written beside the runs
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from t2ray.distributed.loop import DEVICES
+from t2ray.distributed.loop import check_device
 from t2ray.eval.results import invocation, replace_section
 
 RECIPES = ("svf-rl", "t2l-sft")
@@ -54,8 +55,7 @@ class ScalingConfig:
         bad_zero = [z for z in self.zero if z not in (None, 0, 1, 2, 3)]
         if bad_zero:
             raise ValueError(f"zero stages must be none or 0-3, got {bad_zero}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        check_device(self.device)
         if self.device == "cuda" and 3 in self.zero and "svf-rl" in self.recipes:
             raise ValueError("SVF-RL under ZeRO-3 cannot run on cuda yet (its lock-step "
                              "rollouts build their batches on the CPU): leave 3 out of zero")
@@ -214,7 +214,7 @@ def run_scaling(cfg: ScalingConfig, doc: Path | None = None) -> list[dict]:
     console.print(f"runs, scaling.json, scaling.md and scaling.png in {out}")
     if doc is not None:
         image = doc.parent / "scaling_workers.png"
-        plot(rows, image)
+        shutil.copyfile(out / "scaling.png", image)
         replace_section(doc, "scaling-runs", f"`{invocation()}`\n\n{cfg.steps} steps per run, "
                         f"medians over the last {cfg.steps - cfg.warmup}; model {cfg.model}; "
                         f"global batch: {cfg.prompts_per_step} prompts (SVF-RL), "

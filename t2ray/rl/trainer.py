@@ -18,8 +18,8 @@ import torch
 import yaml
 
 from t2ray.distributed.loop import (
-    DEVICES,
     Trainable,
+    check_device,
     completion_batch,
     distributed,
     resuming,
@@ -29,6 +29,7 @@ from t2ray.distributed.loop import (
     sft_loss,
     train_device,
 )
+from t2ray.distributed.metrics import trainable_fp32_bytes
 from t2ray.engines.base import Completion, Engine, label_scores
 from t2ray.engines.factory import ENGINES
 from t2ray.engines.hf import HFEngine
@@ -100,8 +101,7 @@ class TrainConfig:
             raise ValueError(f"objective must be 'rl' or 'sft', not {self.objective!r}")
         if self.policy == "svf" and not self.svd_cache:
             raise ValueError("an SVF policy needs svd_cache (run `t2ray svf decompose`)")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        check_device(self.device)
         if self.device == "cuda" and self.deepspeed_stage == 3:
             raise ValueError("device 'cuda' with ZeRO-3 is not supported yet: the lock-step "
                              "engine builds its batches on the CPU; use ZeRO 0-2")
@@ -231,10 +231,8 @@ def _verify(verifiers: dict[str, RewardCache], examples, texts) -> list[float]:
 
 
 def sync_bytes(policy) -> int:
-    """Bytes an engine needs per step to follow the policy (z or the LoRA weights, fp32).
-    Under ZeRO-3 a parameter may be empty between forwards; `ds_numel` is its whole size."""
-    return sum(getattr(p, "ds_numel", p.numel()) * 4 for p in policy.parameters()
-               if p.requires_grad)
+    """Bytes an engine needs per step to follow the policy (z or the LoRA weights, fp32)."""
+    return trainable_fp32_bytes([p for p in policy.parameters() if p.requires_grad])
 
 
 def full_copy_bytes(model: torch.nn.Module) -> int:
@@ -378,9 +376,9 @@ def build(cfg: TrainConfig) -> Trainable:
         completions, weights = rollout(step, examples, prompts)
         rewards = torch.tensor(_verify(verifiers, [examples[i] for i in rows],
                                        [c.text for c in completions]))
-        ids, attn, comp = (t.to(device) for t in completion_batch(
+        ids, attn, comp = completion_batch(
             [ids_of[i] for i in rows],
-            [c.token_ids + [tok.eos_token_id] for c in completions], tok.pad_token_id))
+            [c.token_ids + [tok.eos_token_id] for c in completions], tok.pad_token_id, device)
         base = policy.base_logits(ids, attn) if cfg.kl_coef > 0 else None
         loss, stats = reinforce_loss(forward(ids, attn), ids, comp, rewards, rl_cfg,
                                      base_logits=base, weights=weights)
@@ -390,8 +388,7 @@ def build(cfg: TrainConfig) -> Trainable:
         examples, _, ids_of = batch(step)
         answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
                    for e in examples]
-        ids, attn, comp = (t.to(device) for t in completion_batch(ids_of, answers,
-                                                                   tok.pad_token_id))
+        ids, attn, comp = completion_batch(ids_of, answers, tok.pad_token_id, device)
         loss = sft_loss(forward(ids, attn), ids, comp)
         return loss, {"loss": loss.item(), "completion_tokens": int(comp.sum()), **sizes,
                       "tokens": int(attn.sum())}

@@ -29,10 +29,10 @@ import torch
 import yaml
 
 from t2ray.distributed.loop import (
-    DEVICES,
     SCHEDULES,
     DivergenceGuard,
     Trainable,
+    check_device,
     completion_batch,
     distributed,
     run_recipe,
@@ -123,8 +123,7 @@ class T2LTrainConfig:
                 if t not in self.val_tasks]
 
     def validate(self) -> None:
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        check_device(self.device)
         if self.device == "cuda" and self.variant == "Z":
             raise ValueError("device 'cuda' is not supported for text-to-SVF (variant Z) yet: "
                              "its SVD factors stay on the CPU")
@@ -300,8 +299,8 @@ def build(cfg: T2LTrainConfig) -> Trainable:
                     for e in rng.sample(train_sets[n], cfg.examples_per_task)]
         answers = [tok(e.solution + tok.eos_token, add_special_tokens=False)["input_ids"]
                    for _, e in examples]
-        ids, attn, comp = (t.to(device) for t in completion_batch(
-            [prompt_ids(tok, e.prompt) for _, e in examples], answers, tok.pad_token_id))
+        ids, attn, comp = completion_batch([prompt_ids(tok, e.prompt) for _, e in examples],
+                                           answers, tok.pad_token_id, device)
         if svd_cache is not None:
             experts = to_experts(outputs, svd_cache)
             adapted = factorized(model, svd_cache, [experts[i] for i, _ in examples])
