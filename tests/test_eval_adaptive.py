@@ -87,6 +87,38 @@ def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path, mo
     assert calls == ["expert"]
 
 
+def test_few_shot_variants_keep_their_own_scores_and_selection_readings(tiny_random, library,
+                                                                         tmp_path, monkeypatch):
+    """A mask-space search beside the z-space one: each variant is kept and reused under its own
+    method name (neither overwrites the other's score), and each row carries the chosen mixture's
+    validation selection accuracy, the reading that compares variants without the test split."""
+    import t2ray.experiments.unseen as adaptive
+    from t2ray.adapt.fewshot import FewShotConfig, FewShotResult
+
+    searched = []
+
+    def search(model, svd_cache, dirs, task, cfg, storage, scorers):
+        searched.append(cfg.mix_space)
+        alpha, selection = ([0.0, 1.0, 0.0], 0.25) if cfg.mix_space == "z" else ([0.0] * 3, 0.5)
+        return FewShotResult(task, alpha, 0.0, selection, [], [], 0, 0.0, 0.0, {})
+
+    monkeypatch.setattr(adaptive, "search_mixture", search)
+    monkeypatch.setattr(adaptive, "start_scorers", lambda *a: [])
+    path, cache = tiny_random
+    rows = {}
+    for space in ("z", "mask", "z"):
+        for r in run_eval(str(path), library, ["reasoning"], ["none", "fewshot"], [0, 1],
+                          tmp_path, str(cache.root), n_test=4,
+                          fewshot=FewShotConfig(mix_space=space)):
+            rows[r.method] = r
+    assert searched == ["z", "z", "mask", "mask"]  # the second z run reused its kept scores
+    assert rows["fewshot"].get("selection_accuracy") == [25.0, 25.0]
+    assert rows["fewshot-mask"].get("selection_accuracy") == [50.0, 50.0]
+    # alpha = 0 in mask space is the base weights: the same verdicts as the base row
+    assert rows["fewshot-mask"].get("seeds") == rows["base"].get("seeds")
+    assert rows["base"].get("selection_accuracy") is None
+
+
 def test_lora_strategy_scores_the_family_adapter(tiny_model, tmp_path):
     """On the trained tiny model (so accuracy is not 0 everywhere): the `lora` row is the score
     of the task family's adapter, and differs from the base row."""

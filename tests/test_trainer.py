@@ -164,6 +164,19 @@ def test_tuning_reads_validation_only_and_overrides_reach_the_run(tmp_path, tiny
     assert (run["lr"], run["temperature"]) == (0.25, 0.5)
 
 
+def test_grid_values_with_commas_come_as_a_yaml_list_and_name_a_clean_directory():
+    from t2ray.experiments.seen import grid_label, parse_grid
+    from t2ray.rl.reinforce import KL_FORMS
+
+    grid = parse_grid(TrainConfig(), ["kl_coef=0,0.1", f'kl_form=["{KL_FORMS[1]}"]'])
+    assert grid == {"kl_coef": [0.0, 0.1], "kl_form": [KL_FORMS[1]]}
+    assert grid_label({"kl_coef": 0.1, "kl_form": KL_FORMS[1]}) == \
+        "kl_coef0.1_kl_formref-pi-sequence-sum"
+    assert grid_label({}) == "default"
+    with pytest.raises(ValueError, match="non-empty YAML list"):
+        parse_grid(TrainConfig(), ["kl_form=[]"])
+
+
 def test_multi_task_runs_judge_each_example_by_its_own_task(tmp_path, tiny_random):
     from t2ray.rl.trainer import _verify
     from t2ray.tasks import get_task

@@ -10,6 +10,7 @@ verdicts on them; the per-item verdicts go to docs/scores/<table>.jsonl.gz.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -164,15 +165,28 @@ def sweep_config(path: Path | None, model: str | None = None, steps: int | None 
 
 def parse_grid(cfg, specs: list[str]) -> dict[str, list]:
     """`FIELD=v1,v2,...` specs into {field: values}, each value of the field's own type (a
-    field of `cfg`'s dataclass; booleans as true/false)."""
+    field of `cfg`'s dataclass; booleans as true/false). Values that hold commas themselves
+    (`kl_form`) are given as a YAML list: `kl_form=["ref||pi, sequence-sum"]`."""
+    import yaml
+
     grid = {}
     for spec in specs:
         key, _, values = spec.partition("=")
         if not hasattr(cfg, key) or not values:
             raise ValueError(f"bad grid {spec!r}: expected FIELD=v1,v2 with a field of "
                              f"{type(cfg).__name__}")
-        grid[key] = [_typed(getattr(cfg, key), v, spec) for v in values.split(",")]
+        listed = yaml.safe_load(values) if values.startswith("[") else values.split(",")
+        if not isinstance(listed, list) or not listed:
+            raise ValueError(f"bad grid {spec!r}: expected a non-empty YAML list after '='")
+        grid[key] = [_typed(getattr(cfg, key), str(v), spec) for v in listed]
     return grid
+
+
+def grid_label(fields: dict) -> str:
+    """A grid point's run directory name: `lr0.003_kl_coef0.1`, any character of a value that
+    does not belong in a path turned into '-' (`kl_formref-pi-sequence-sum`)."""
+    return "_".join(f"{k}{re.sub(r'[^A-Za-z0-9.+-]+', '-', str(v))}"
+                    for k, v in fields.items()) or "default"
 
 
 def _typed(like, value: str, spec: str):
@@ -203,8 +217,7 @@ def tune_on_validation(base_cfg, task_name: str, method: str, grid: dict[str, li
     points = []
     for values in product(*(grid[k] for k in keys)):
         fields = dict(zip(keys, values))
-        label = "_".join(f"{k}{v}" for k, v in fields.items())
-        run_dir = out / task_name / method / label
+        run_dir = out / task_name / method / grid_label(fields)
         metrics = run_dir / "metrics.jsonl"
         if not (run_dir / "done").exists():
             train(replace(base_cfg, out=str(run_dir), task=task_name, policy=policy,

@@ -58,6 +58,7 @@ from t2ray.eval.results import (
     write_verdicts,
 )
 from t2ray.eval.stats import mean_sd
+from t2ray.experiments.seen import grid_label
 from t2ray.lora.peft_io import import_peft
 from t2ray.models import load_model
 from t2ray.rl.trainer import TrainConfig
@@ -568,7 +569,7 @@ def tune_t2l(cfg: T2LTableConfig, method: str, grid: dict[str, list], out: Path,
     points = []
     for values in product(*(grid[k] for k in keys)):
         fields = dict(zip(keys, values))
-        run = out / method / ("_".join(f"{k}{v}" for k, v in fields.items()) or "default")
+        run = out / method / grid_label(fields)
         if not (run / "checkpoint").exists():
             t = replace(cfg.train_config(method, seed, run, library), **fields,
                         val_tasks=list(cfg.val_families))

@@ -68,6 +68,9 @@ class StrategyScore:
     router_threshold: float | None = None  # prompt / classifier: chosen on route validation
     router_val_accuracy: float | None = None
     router_test_accuracy: float | None = None  # on the routing task's test split
+    # few-shot: the chosen mixture's accuracy on the search's validation selection items, the
+    # reading that compares few-shot variants (mixing space, per-layer alpha) without the test
+    selection_accuracy: float | None = None
     verdicts: str = ""  # per test item, in split order: "1" right, "0" wrong
 
 
@@ -124,7 +127,7 @@ def evaluate_strategy(engine: Engine, cache: SVDCache, lib: ExpertLibrary, task_
             fewshot = fewshot or FewShotConfig(seed=seed)
             found = search_mixture(model, str(cache.root), dirs, task_name, fewshot, storage,
                                    scorers)
-            score.alpha = found.alpha
+            score.alpha, score.selection_accuracy = found.alpha, found.selection_accuracy
             adapter = alpha_mixture([lib.get(c, expect_fingerprint=fp)
                                      for c in EXPERT_CATEGORIES], found.alpha, fewshot.mix_space)
         return _keep(score, _adapted_verdicts(engine, task, examples, adapter, max_new, verify))
@@ -199,7 +202,8 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                 for strategy in strategies:
                     t0 = time.perf_counter()
                     # each score is kept as it is made, so a long sweep resumes where it stopped
-                    kept = out / "scores" / f"seed{seed}" / f"{task_name}-{strategy}.json"
+                    kept = (out / "scores" / f"seed{seed}"
+                            / f"{task_name}-{method_name(strategy, fs)}.json")
                     # a kept score is reused only for the same base, library and items
                     settings = {"n_test": n_test, "fewshot": asdict(fs) if strategy == "fewshot"
                                 else None, "base": cache.fingerprint,
@@ -278,6 +282,9 @@ def _rows(scores: list[StrategyScore], table: str, command: str,
             extra.update(_intervals(scores, group))
         if strategy in ("prompt", "classifier"):
             extra.update(_routing(scores, group))
+        selection = [s.selection_accuracy for s in group if s.selection_accuracy is not None]
+        if selection:
+            extra["selection_accuracy"] = [round(100 * a, 2) for a in selection]
         rows.append(ResultRow(table, task, method_name(strategy, fewshot), round(mean, 2),
                               round(sd, 2), len(group), None, command, n=group[0].n, extra=extra))
     return rows
