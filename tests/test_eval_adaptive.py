@@ -39,11 +39,24 @@ def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path, mo
     monkeypatch.setattr(adaptive, "ORACLE_VAL_N", 6)
     path, cache = tiny_random
     strategies = ["none", "expert", "oracle-expert", "prompt", "classifier"]
-    rows = run_eval(str(path), library, ["reasoning", "math-hard"], strategies, [0, 1],
-                    tmp_path, str(cache.root), n_test=6, results_json=tmp_path / "r.json")
-    assert {(r.task, r.method) for r in rows} == {
-        (t, m) for t in ("reasoning", "math-hard")
-        for m in ("base", "svf-rl", "oracle-expert", "prompt", "classifier")}
+    every = run_eval(str(path), library, ["reasoning", "math-hard"], strategies, [0, 1],
+                     tmp_path, str(cache.root), n_test=6, results_json=tmp_path / "r.json")
+    methods = ("base", "svf-rl", "oracle-expert", "prompt", "classifier")
+    assert {(r.task, r.method) for r in every} == {
+        (t, m) for t in ("reasoning", "math-hard", adaptive.MEAN_TASK) for m in methods}
+    rows = [r for r in every if r.task != adaptive.MEAN_TASK]
+    for m in methods:  # the unseen mean pools both families' items (equal sizes: mean of means)
+        mean = next(r for r in every if (r.task, r.method) == (adaptive.MEAN_TASK, m))
+        per_task = [r for r in rows if r.method == m]
+        for k in (0, 1):
+            assert mean.get("seeds")[k] == pytest.approx(
+                sum(r.get("seeds")[k] for r in per_task) / 2, abs=0.01)
+        assert mean.n == 12 and mean.n_seeds == 2
+        assert set(mean.get("diff_ci95")) == set(methods) - {m}
+        if m != "base":  # the observed difference lies in its paired interval
+            base = next(r for r in every if (r.task, r.method) == (adaptive.MEAN_TASK, "base"))
+            low, high = mean.get("diff_ci95")["base"]
+            assert low - 1e-6 <= mean.mean - base.mean <= high + 1e-6
     scores = json.loads((tmp_path / "scores.json").read_text())
     for r in rows:
         assert r.n_seeds == 2 and r.n == 6 and 0 <= r.mean <= 100
@@ -81,7 +94,7 @@ def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path, mo
     again = run_eval(str(path), library, ["reasoning", "math-hard"], strategies, [0, 1],
                      tmp_path, str(cache.root), n_test=6)
     assert calls == [] and [replace(r, command="") for r in again] == [
-        replace(r, command="") for r in rows]
+        replace(r, command="") for r in every]
     run_eval(str(path), library, ["reasoning"], ["expert"], [0], tmp_path, str(cache.root),
              n_test=4)
     assert calls == ["expert"]

@@ -56,3 +56,22 @@ def test_accuracy_interval_names_its_method():
     assert len(set(keys)) < 100
     low, high, method = accuracy_interval(verdicts, keys)
     assert method == "cluster-bootstrap" and low < 0.75 < high
+
+
+def test_seeds_interval_pairs_a_per_seed_reference_seed_by_seed():
+    """Against the direct bootstrap of the seed-by-seed differences; a reference that is the
+    same on every seed may be given once."""
+    import numpy as np
+
+    from t2ray.eval.harness import seeds_interval
+    from t2ray.eval.stats import cluster_bootstrap
+
+    rng = np.random.default_rng(0)
+    keys = [f"c{i // 2}" for i in range(40)]  # every content twice
+    a = [list(rng.random(40) < 0.7) for _ in range(3)]
+    b = [list(rng.random(40) < 0.5) for _ in range(3)]
+    diffs = [float(x) - float(y) for sa, sb in zip(a, b) for x, y in zip(sa, sb)]
+    assert seeds_interval(a, keys, b) == pytest.approx(cluster_bootstrap(diffs, keys * 3))
+    assert seeds_interval(a, keys, b[0]) == seeds_interval(a, keys, [b[0]] * 3)
+    low, high = seeds_interval(a, keys, b)
+    assert low < np.mean(diffs) < high

@@ -98,10 +98,15 @@ def evaluate_task(engine: Engine, task: Task, split: str = "test", n: int | None
 
 def seeds_interval(verdicts_by_seed, keys, base=None) -> tuple[float, float]:
     """95% interval of the mean accuracy of several seeds scored on the same items (or, with
-    `base`, the verdicts of a reference on those items, of its mean difference to it): a
-    bootstrap over the items' contents, each content carrying every seed's verdicts on it."""
+    `base`, a reference's verdicts on those items, of its mean difference to it): a bootstrap
+    over the items' contents, each content carrying every seed's verdicts on it. `base` is one
+    list (a reference that is the same on every seed) or one list per seed (paired seed by
+    seed)."""
     values = [float(v) for vs in verdicts_by_seed for v in vs]
-    paired = None if base is None else [float(v) for _ in verdicts_by_seed for v in base]
+    paired = None
+    if base is not None:
+        per_seed = base if isinstance(base[0], (list, tuple)) else [base] * len(verdicts_by_seed)
+        paired = [float(v) for vs in per_seed for v in vs]
     return cluster_bootstrap(values, list(keys) * len(verdicts_by_seed), paired)
 
 

@@ -27,7 +27,7 @@ from t2ray.adapt.router import BASE, Router
 from t2ray.adapt.two_pass import TwoPass
 from t2ray.engines.base import Engine
 from t2ray.engines.factory import build_engine
-from t2ray.eval.harness import interval_fields, max_new_tokens_for
+from t2ray.eval.harness import interval_fields, max_new_tokens_for, seeds_interval
 from t2ray.eval.results import (
     ROW_COLUMNS,
     ResultRow,
@@ -238,7 +238,7 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                 for a in scorers:
                     ray.kill(a)
     (out / "scores.json").write_text(json.dumps([s.__dict__ for s in scores], indent=1))
-    rows = _rows(scores, table, command, fewshot)
+    rows = _rows(scores, table, command, fewshot) + _mean_rows(scores, table, command, fewshot)
     (out / "table.md").write_text(row_table(rows, UNSEEN_COLUMNS,
                                             "adaptation strategies, test split", console))
     if any(s.alpha for s in scores):
@@ -287,6 +287,46 @@ def _rows(scores: list[StrategyScore], table: str, command: str,
             extra["selection_accuracy"] = [round(100 * a, 2) for a in selection]
         rows.append(ResultRow(table, task, method_name(strategy, fewshot), round(mean, 2),
                               round(sd, 2), len(group), None, command, n=group[0].n, extra=extra))
+    return rows
+
+
+MEAN_TASK = "unseen-mean"
+
+
+def _mean_rows(scores: list[StrategyScore], table: str, command: str,
+               fewshot: FewShotConfig) -> list[ResultRow]:
+    """Per strategy scored on every family with the same seeds: the unseen mean (every family's
+    test items pooled; with equal family sizes, the mean of the families' accuracies), its 95%
+    interval, and `diff_ci95`: the paired interval of its difference to each other such
+    strategy (this minus that, seed by seed), so an ordering of strategies can be read with its
+    noise. Bootstraps over the items' contents, every seed's verdicts on an item kept together."""
+    tasks = list(dict.fromkeys(s.task for s in scores))
+    pooled: dict[str, dict[int, list[bool]]] = {}
+    for strategy in dict.fromkeys(s.strategy for s in scores):
+        by_seed: dict[int, dict[str, list[bool]]] = {}
+        for s in scores:
+            if s.strategy == strategy and s.verdicts:
+                by_seed.setdefault(s.seed, {})[s.task] = _bits(s.verdicts)
+        if len(tasks) > 1 and by_seed and all(len(v) == len(tasks) for v in by_seed.values()):
+            pooled[strategy] = {k: [b for t in tasks for b in v[t]]
+                                for k, v in sorted(by_seed.items())}
+    if not pooled:
+        return []
+    n = {s.task: s.n for s in scores}
+    keys = [f"{t}/{k}" for t in tasks for k, _ in get_task(t).keyed_examples("test", n[t])]
+    rows = []
+    for strategy, by_seed in pooled.items():
+        runs = list(by_seed.values())
+        mean, sd = mean_sd([100 * sum(v) / len(v) for v in runs])
+        diffs = {method_name(other, fewshot): [round(100 * x, 2) for x in seeds_interval(
+                     runs, keys, list(theirs.values()))]
+                 for other, theirs in pooled.items() if other != strategy and theirs.keys() ==
+                 by_seed.keys()}
+        extra = {"seeds": [round(100 * sum(v) / len(v), 2) for v in runs],
+                 **interval_fields(runs, keys), "diff_ci95": diffs,
+                 "interval": "cluster-bootstrap over contents, seeds pooled"}
+        rows.append(ResultRow(table, MEAN_TASK, method_name(strategy, fewshot), round(mean, 2),
+                              round(sd, 2), len(runs), None, command, n=len(keys), extra=extra))
     return rows
 
 
