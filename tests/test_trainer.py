@@ -125,6 +125,12 @@ def test_seen_table_runs_every_method_and_resumes(tmp_path, tiny_random, monkeyp
     again = seen_table(cfg, ["reasoning"], [0, 1], list(METHODS), tmp_path / "seen", n_test=8)
     assert [(r.method, r.mean, r.get("seeds")) for r in again] == [
         (r.method, r.mean, r.get("seeds")) for r in rows]
+    # a changed setting (a KL coefficient chosen later) retrains that run instead of reusing it
+    retrained = []
+    monkeypatch.setattr(t2ray.rl.launch, "train", lambda c, workers: retrained.append(c.kl_coef))
+    seen_table(cfg, ["reasoning"], [0], ["svf-rl"], tmp_path / "seen", n_test=8,
+               task_overrides={"reasoning": {"svf-rl": {"kl_coef": 0.1}}})
+    assert retrained == [0.1]
 
 
 def test_tuning_reads_validation_only_and_overrides_reach_the_run(tmp_path, tiny_random,

@@ -57,6 +57,17 @@ def launch(train_fn: Callable[[dict], dict], cfg, workers: int, use_gpu: bool = 
     return result
 
 
+def ran_with(out: Path | str, cfg) -> bool:
+    """Whether `out` holds a run that `launch` started with exactly `cfg` (its recorded
+    train_config.yaml): sweeps reuse a finished run only then, so changed settings rerun."""
+    from dataclasses import asdict
+
+    import yaml
+
+    recorded = Path(out) / "train_config.yaml"
+    return recorded.exists() and yaml.safe_load(recorded.read_text()) == asdict(cfg)
+
+
 SUMMARY_KEYS = ("step", "loss", "reward_mean", "val_accuracy", "grad_norm")
 
 

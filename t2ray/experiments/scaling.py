@@ -21,6 +21,7 @@ import yaml
 from rich.console import Console
 
 from t2ray.distributed.loop import check_device
+from t2ray.distributed.train import ran_with
 from t2ray.eval.results import invocation, replace_section
 
 RECIPES = ("svf-rl", "t2l-sft")
@@ -97,8 +98,8 @@ def run_point(cfg: ScalingConfig, recipe: str, workers: int, zero: int | None,
     out = Path(cfg.out) / run_name(recipe, workers, zero)
     config = (_svf_config(cfg, out, zero, svd_cache) if recipe == "svf-rl"
               else _t2l_config(cfg, out, zero, workers))
-    history_file, recorded = out / "metrics.jsonl", out / "train_config.yaml"
-    if history_file.exists() and yaml.safe_load(recorded.read_text()) == asdict(config):
+    history_file = out / "metrics.jsonl"
+    if history_file.exists() and ran_with(out, config):
         # a finished point with these very settings is kept: a stopped sweep resumes
         history = [json.loads(line) for line in history_file.read_text().splitlines()]
     elif recipe == "svf-rl":

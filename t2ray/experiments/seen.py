@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from t2ray.distributed.train import ran_with
 from t2ray.engines.base import adapter_fingerprint
 from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import EvalRow, evaluate_task, interval_fields
@@ -86,7 +87,7 @@ def seen_table(base_cfg, tasks: list[str], seeds: list[int], methods: list[str],
                               **{**(method_overrides or {}).get(method, {}),
                                  **(task_overrides or {}).get(task_name, {}).get(method, {})})
                 eval_file = run_dir / "test_eval.json"
-                if not eval_file.exists():
+                if not (eval_file.exists() and ran_with(run_dir, cfg)):  # changed settings rerun
                     train(cfg, workers=workers)
                 adapter = trained_adapter(run_dir, policy, cache)
                 params = adapter.num_params
@@ -219,9 +220,10 @@ def tune_on_validation(base_cfg, task_name: str, method: str, grid: dict[str, li
         fields = dict(zip(keys, values))
         run_dir = out / task_name / method / grid_label(fields)
         metrics = run_dir / "metrics.jsonl"
-        if not (run_dir / "done").exists():
-            train(replace(base_cfg, out=str(run_dir), task=task_name, policy=policy,
-                          objective=objective, seed=seed, **fields), workers=workers)
+        cfg = replace(base_cfg, out=str(run_dir), task=task_name, policy=policy,
+                      objective=objective, seed=seed, **fields)
+        if not ((run_dir / "done").exists() and ran_with(run_dir, cfg)):
+            train(cfg, workers=workers)
             (run_dir / "done").touch()
         history = [json.loads(line) for line in metrics.read_text().splitlines()]
         shipped = Selection.load(run_dir / "selection.pt")
