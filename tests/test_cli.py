@@ -128,7 +128,10 @@ def test_demo_pipeline_smoke_preset_end_to_end_and_reuses_artifacts(tmp_path):
     assert {(r["task"], r["method"]) for r in seen} == {
         (t, m) for t in ("math", "code", "reasoning") for m in ("base", "lora-rl", "svf-rl")}
     assert {r["method"] for r in unseen} == {"base", "lora-rl", "prompt", "classifier", "fewshot"}
-    assert {r["task"] for r in unseen} == {"math-hard", "code-hard", "reasoning-hard"}
+    assert {r["task"] for r in unseen} == {"math-hard", "code-hard", "reasoning-hard",
+                                           "unseen-mean"}
+    assert {r["method"] for r in unseen if r["task"] == "unseen-mean"} == {
+        "base", "prompt", "classifier", "fewshot"}  # the strategies scored on every family
     assert (tmp_path / "first" / "unseen" / "alpha.png").stat().st_size > 0
     t2l = result["tables"]["t2l"]
     from t2ray.experiments.demo import T2L_CONFIG

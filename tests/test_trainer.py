@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,7 +123,8 @@ def test_seen_table_runs_every_method_and_resumes(tmp_path, tiny_random, monkeyp
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(t2ray.rl.launch, "train", no_training)
-    again = seen_table(cfg, ["reasoning"], [0, 1], list(METHODS), tmp_path / "seen", n_test=8)
+    monkeypatch.chdir(tmp_path)  # a relative --out names the same runs (trainers resolve paths)
+    again = seen_table(cfg, ["reasoning"], [0, 1], list(METHODS), Path("seen"), n_test=8)
     assert [(r.method, r.mean, r.get("seeds")) for r in again] == [
         (r.method, r.mean, r.get("seeds")) for r in rows]
     # a changed setting (a KL coefficient chosen later) retrains that run instead of reusing it

@@ -57,15 +57,24 @@ def launch(train_fn: Callable[[dict], dict], cfg, workers: int, use_gpu: bool = 
     return result
 
 
+PATH_FIELDS = ("out", "svd_cache")  # recorded resolved (trainers resolve them before launch)
+
+
 def ran_with(out: Path | str, cfg) -> bool:
     """Whether `out` holds a run that `launch` started with exactly `cfg` (its recorded
-    train_config.yaml): sweeps reuse a finished run only then, so changed settings rerun."""
+    train_config.yaml, paths compared resolved): sweeps reuse a finished run only then, so
+    changed settings rerun."""
     from dataclasses import asdict
 
     import yaml
 
+    def resolved(fields: dict) -> dict:
+        return {k: str(Path(v).resolve()) if k in PATH_FIELDS and v else v
+                for k, v in fields.items()}
+
     recorded = Path(out) / "train_config.yaml"
-    return recorded.exists() and yaml.safe_load(recorded.read_text()) == asdict(cfg)
+    return recorded.exists() and resolved(yaml.safe_load(recorded.read_text())) == resolved(
+        asdict(cfg))
 
 
 SUMMARY_KEYS = ("step", "loss", "reward_mean", "val_accuracy", "grad_norm")
