@@ -317,12 +317,13 @@ def _mean_rows(scores: list[StrategyScore], table: str, command: str,
     rows = []
     for strategy, by_seed in pooled.items():
         runs = list(by_seed.values())
-        mean, sd = mean_sd([100 * sum(v) / len(v) for v in runs])
+        accuracies = [100 * sum(v) / len(v) for v in runs]
+        mean, sd = mean_sd(accuracies)
         diffs = {method_name(other, fewshot): [round(100 * x, 2) for x in seeds_interval(
                      runs, keys, list(theirs.values()))]
                  for other, theirs in pooled.items() if other != strategy and theirs.keys() ==
                  by_seed.keys()}
-        extra = {"seeds": [round(100 * sum(v) / len(v), 2) for v in runs],
+        extra = {"seeds": [round(a, 2) for a in accuracies],
                  **interval_fields(runs, keys), "diff_ci95": diffs,
                  "interval": "cluster-bootstrap over contents, seeds pooled"}
         rows.append(ResultRow(table, MEAN_TASK, method_name(strategy, fewshot), round(mean, 2),
