@@ -263,6 +263,16 @@ def test_a_finished_point_is_reused_only_with_the_same_settings(monkeypatch, tmp
                         trained.append(config) or {"history": [{"step": 1, "fresh": True}]})
     kept = scaling.run_point(cfg, "t2l-sft", 2, None, None)
     assert kept["history"] == [{"step": 1, "step_time_s": 1.0}] and not trained
+    # a record from before a field existed: the field counts at its default, the run is reused
+    del settings["device"]
+    (out / "train_config.yaml").write_text(yaml.safe_dump(settings))
+    assert scaling.run_point(cfg, "t2l-sft", 2, None, None)["history"] == kept["history"]
+    settings["grad_clip"] = 7.0  # a recorded value that differs from the run asked for
+    (out / "train_config.yaml").write_text(yaml.safe_dump(settings))
+    assert scaling.run_point(cfg, "t2l-sft", 2, None, None)["history"][0]["fresh"]
+    trained.clear()
+    (out / "train_config.yaml").write_text(yaml.safe_dump(asdict(scaling._t2l_config(
+        cfg, out, None, 2))))
     cfg.steps = 12  # another setting: the point runs again
     assert scaling.run_point(cfg, "t2l-sft", 2, None, None)["history"][0]["fresh"]
     assert trained[0].steps == 12 and trained[0].tasks_per_batch == 4

@@ -108,6 +108,10 @@ def test_tuning_reads_only_the_validation_families_and_resumes(tmp_path, tiny_ra
     again = t2l.tune_t2l(cfg, "t2l-sft-M", {"lr": [0.01], "use_rslora": [False]},
                          tmp_path / "tune", tmp_path / "table")
     assert trained == [] and len(again["points"]) == 2  # finished points are reused and kept
+    cfg.sft_steps = 3  # a changed recipe: the same grid point trains again
+    t2l.tune_t2l(cfg, "t2l-sft-M", {"lr": [0.01], "use_rslora": [False]}, tmp_path / "tune",
+                 tmp_path / "table")
+    assert [(c.lr, c.steps) for c in trained] == [(0.01, 3)]
     with pytest.raises(ValueError, match="needs val_families"):
         t2l.tune_t2l(T2LTableConfig(), "t2l-sft-M", grid, tmp_path, tmp_path)
     with pytest.raises(ValueError, match="bad grid"):

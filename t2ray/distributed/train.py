@@ -57,24 +57,29 @@ def launch(train_fn: Callable[[dict], dict], cfg, workers: int, use_gpu: bool = 
     return result
 
 
-PATH_FIELDS = ("out", "svd_cache")  # recorded resolved (trainers resolve them before launch)
+PATH_FIELDS = ("out", "svd_cache", "library")  # recorded resolved (trainers resolve them first)
 
 
 def ran_with(out: Path | str, cfg) -> bool:
     """Whether `out` holds a run that `launch` started with exactly `cfg` (its recorded
     train_config.yaml, paths compared resolved): sweeps reuse a finished run only then, so
-    changed settings rerun."""
-    from dataclasses import asdict
+    changed settings rerun. A field the record lacks was added after the run and counts at its
+    default (new fields default to the behaviour runs had before them)."""
+    from dataclasses import MISSING, asdict, fields
 
     import yaml
 
-    def resolved(fields: dict) -> dict:
+    def resolved(values: dict) -> dict:
         return {k: str(Path(v).resolve()) if k in PATH_FIELDS and v else v
-                for k, v in fields.items()}
+                for k, v in values.items()}
 
     recorded = Path(out) / "train_config.yaml"
-    return recorded.exists() and resolved(yaml.safe_load(recorded.read_text())) == resolved(
-        asdict(cfg))
+    if not recorded.exists():
+        return False
+    defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                for f in fields(cfg)
+                if f.default is not MISSING or f.default_factory is not MISSING}
+    return resolved({**defaults, **yaml.safe_load(recorded.read_text())}) == resolved(asdict(cfg))
 
 
 SUMMARY_KEYS = ("step", "loss", "reward_mean", "val_accuracy", "grad_norm")

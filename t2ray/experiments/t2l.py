@@ -46,6 +46,7 @@ import yaml
 from rich.console import Console
 from tqdm import tqdm
 
+from t2ray.distributed.train import ran_with
 from t2ray.engines.hf import HFEngine
 from t2ray.eval.harness import answer_in_turns, interval_fields, seeds_interval, verdicts_of
 from t2ray.eval.results import (
@@ -262,9 +263,10 @@ class T2LTable:
 
     def checkpoint(self, method: str, seed: int) -> T2LCheckpoint:
         run = self.out / method / f"seed{seed}"
-        if not (run / "checkpoint").exists():
-            library = self.library() if reconstructs(method) else None
-            train_t2l(self.cfg.train_config(method, seed, run, library), workers=0)
+        library = self.library() if reconstructs(method) else None
+        train_cfg = self.cfg.train_config(method, seed, run, library)
+        if not ((run / "checkpoint").exists() and ran_with(run, train_cfg)):
+            train_t2l(train_cfg, workers=0)
         return self._load_once(run, lambda: T2LCheckpoint.load(
             run / "checkpoint", expect_fingerprint=self.svd_cache.fingerprint))
 
@@ -554,7 +556,8 @@ def tune_t2l(cfg: T2LTableConfig, method: str, grid: dict[str, list], out: Path,
     their own descriptions): `val_heldout_accuracy`, the generalisation reading the choice is
     made by, beside `val_accuracy` on training families (the fit). The test split and the
     held-out families are never read. Reconstruction reads the table's library (`table_out`).
-    Finished points are reused; the record of every point is `<out>/<method>/tuning.json`."""
+    A finished point is reused when it ran with these settings; the record of every point is
+    `<out>/<method>/tuning.json`."""
     from itertools import product
 
     from rich.table import Table
@@ -570,9 +573,9 @@ def tune_t2l(cfg: T2LTableConfig, method: str, grid: dict[str, list], out: Path,
     for values in product(*(grid[k] for k in keys)):
         fields = dict(zip(keys, values))
         run = out / method / grid_label(fields)
-        if not (run / "checkpoint").exists():
-            t = replace(cfg.train_config(method, seed, run, library), **fields,
-                        val_tasks=list(cfg.val_families))
+        t = replace(cfg.train_config(method, seed, run, library), **fields,
+                    val_tasks=list(cfg.val_families))
+        if not ((run / "checkpoint").exists() and ran_with(run, t)):
             train_t2l(t, workers=0)
         last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
         points.append({**fields, "val_heldout_accuracy": last["val_heldout_accuracy"],
