@@ -103,8 +103,9 @@ def test_strategies_without_search_over_seeds(tiny_random, library, tmp_path, mo
 def test_few_shot_variants_keep_their_own_scores_and_selection_readings(tiny_random, library,
                                                                          tmp_path, monkeypatch):
     """A mask-space search beside the z-space one: each variant is kept and reused under its own
-    method name (neither overwrites the other's score), and each row carries the chosen mixture's
-    validation selection accuracy, the reading that compares variants without the test split."""
+    method name (neither overwrites the other's score), each row carries the chosen mixture's
+    validation selection accuracy, the reading that compares variants without the test split,
+    and a variant run alone pairs its rows with the kept base and z-space scores."""
     import t2ray.experiments.unseen as adaptive
     from t2ray.adapt.fewshot import FewShotConfig, FewShotResult
 
@@ -118,18 +119,25 @@ def test_few_shot_variants_keep_their_own_scores_and_selection_readings(tiny_ran
     monkeypatch.setattr(adaptive, "search_mixture", search)
     monkeypatch.setattr(adaptive, "start_scorers", lambda *a: [])
     path, cache = tiny_random
+    tasks = ["reasoning", "math-hard"]
     rows = {}
-    for space in ("z", "mask", "z"):
-        for r in run_eval(str(path), library, ["reasoning"], ["none", "fewshot"], [0, 1],
-                          tmp_path, str(cache.root), n_test=4,
-                          fewshot=FewShotConfig(mix_space=space)):
-            rows[r.method] = r
-    assert searched == ["z", "z", "mask", "mask"]  # the second z run reused its kept scores
-    assert rows["fewshot"].get("selection_accuracy") == [25.0, 25.0]
-    assert rows["fewshot-mask"].get("selection_accuracy") == [50.0, 50.0]
-    # alpha = 0 in mask space is the base weights: the same verdicts as the base row
-    assert rows["fewshot-mask"].get("seeds") == rows["base"].get("seeds")
-    assert rows["base"].get("selection_accuracy") is None
+    for space, strategies in (("z", ["none", "fewshot"]), ("mask", ["fewshot"]),
+                              ("z", ["none", "fewshot"])):
+        for r in run_eval(str(path), library, tasks, strategies, [0, 1], tmp_path,
+                          str(cache.root), n_test=4, fewshot=FewShotConfig(mix_space=space)):
+            rows[r.task, r.method] = r
+    assert searched == ["z"] * 4 + ["mask"] * 4  # the second z run reused its kept scores
+    assert rows["reasoning", "fewshot"].get("selection_accuracy") == [25.0, 25.0]
+    assert rows["reasoning", "fewshot-mask"].get("selection_accuracy") == [50.0, 50.0]
+    # alpha = 0 in mask space is the base weights: the same verdicts as the base row, so the
+    # mask run (which scored no base itself) pairs with the kept base to a difference of zero
+    assert rows["reasoning", "fewshot-mask"].get("seeds") == rows["reasoning", "base"].get("seeds")
+    assert rows["reasoning", "fewshot-mask"].get("diff_vs_base_ci95") == [0.0, 0.0]
+    assert rows["reasoning", "base"].get("selection_accuracy") is None
+    mask_mean = rows[adaptive.MEAN_TASK, "fewshot-mask"]
+    assert set(mask_mean.get("diff_ci95")) == {"base", "fewshot"}
+    assert mask_mean.get("diff_ci95")["base"] == [0.0, 0.0]
+    assert set(rows[adaptive.MEAN_TASK, "fewshot"].get("diff_ci95")) == {"base", "fewshot-mask"}
 
 
 def test_lora_strategy_scores_the_family_adapter(tiny_model, tmp_path):

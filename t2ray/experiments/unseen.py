@@ -188,6 +188,7 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
     cache = SVDCache(svd_cache)
     out.mkdir(parents=True, exist_ok=True)
     scores: list[StrategyScore] = []
+    scored_with: dict[tuple[int, str], dict] = {}  # (seed, task) -> what its scores were made on
     fewshot = fewshot or FewShotConfig()
     verify = {t: RewardCache(get_task(t).kind) for t in tasks}
     items_keys = {t: get_task(t).items_fingerprint("test", n_test) for t in tasks}
@@ -205,24 +206,28 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                     kept = (out / "scores" / f"seed{seed}"
                             / f"{task_name}-{method_name(strategy, fs)}.json")
                     # a kept score is reused only for the same base, library and items
-                    settings = {"n_test": n_test, "fewshot": asdict(fs) if strategy == "fewshot"
-                                else None, "base": cache.fingerprint,
-                                "library": library_key, "items": items_keys[task_name]}
+                    common = {"n_test": n_test, "base": cache.fingerprint,
+                              "library": library_key, "items": items_keys[task_name]}
+                    scored_with[seed, task_name] = common
+                    settings = {**common, "fewshot": asdict(fs) if strategy == "fewshot"
+                                else None}
                     earlier = next((x for x in scores if (x.task, x.strategy) == (task_name, "none")),
                                    None)
                     record = json.loads(kept.read_text()) if kept.exists() else None
                     if record is not None and record["settings"] == settings:
                         s = StrategyScore(**record["score"])
                         console.print(f"[dim]reusing {kept}[/dim]")
-                    elif strategy == "none" and earlier is not None:
-                        s = replace(earlier, seed=seed)  # greedy base weights: the same every seed
                     else:
-                        if strategy == "fewshot" and scorers is None:
-                            scorers = start_scorers(model, svd_cache,
-                                                    [lib.root / c for c in EXPERT_CATEGORIES], fs)
-                        s = evaluate_strategy(eng, cache, lib, task_name, strategy, seed, n_test,
-                                              fs, model, out / "tune", scorers, verify[task_name],
-                                              calibrated)
+                        if strategy == "none" and earlier is not None:
+                            s = replace(earlier, seed=seed)  # greedy base: the same every seed
+                        else:
+                            if strategy == "fewshot" and scorers is None:
+                                scorers = start_scorers(
+                                    model, svd_cache, [lib.root / c for c in EXPERT_CATEGORIES],
+                                    fs)
+                            s = evaluate_strategy(eng, cache, lib, task_name, strategy, seed,
+                                                  n_test, fs, model, out / "tune", scorers,
+                                                  verify[task_name], calibrated)
                         kept.parent.mkdir(parents=True, exist_ok=True)
                         kept.write_text(json.dumps({"settings": settings, "score": s.__dict__}))
                     scores.append(s)
@@ -238,7 +243,10 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                 for a in scorers:
                     ray.kill(a)
     (out / "scores.json").write_text(json.dumps([s.__dict__ for s in scores], indent=1))
-    rows = _rows(scores, table, command, fewshot) + _mean_rows(scores, table, command, fewshot)
+    named = {method_name(s.strategy, fewshot): [x for x in scores if x.strategy == s.strategy]
+             for s in scores}
+    others = _kept_others(out, set(named), scored_with)
+    rows = _rows(named, others, table, command) + _mean_rows(named, others, table, command)
     (out / "table.md").write_text(row_table(rows, UNSEEN_COLUMNS,
                                             "adaptation strategies, test split", console))
     if any(s.alpha for s in scores):
@@ -264,70 +272,101 @@ def method_name(strategy: str, fewshot: FewShotConfig) -> str:
     return name
 
 
-def _rows(scores: list[StrategyScore], table: str, command: str,
-          fewshot: FewShotConfig) -> list[ResultRow]:
-    """One row per (task, strategy): mean +- sd over seeds, the 95% interval of that mean and of
+def _kept_others(out: Path, produced: set[str],
+                 scored_with: dict[tuple[int, str], dict]) -> dict[str, list[StrategyScore]]:
+    """The kept scores of methods this run did not produce (by method name), made on the same
+    base, library, items and seeds: what a variant run (`fewshot-per-layer`, `fewshot-mask`)
+    pairs its rows with, so they carry their difference to the base and to the other methods."""
+    others: dict[str, list[StrategyScore]] = {}
+    for (seed, task), common in scored_with.items():
+        for kept in sorted((out / "scores" / f"seed{seed}").glob(f"{task}-*.json")):
+            record = json.loads(kept.read_text())
+            name = kept.stem[len(task) + 1:]
+            if (record["score"]["task"] == task and name not in produced
+                    and {k: record["settings"].get(k) for k in common} == common):
+                others.setdefault(name, []).append(StrategyScore(**record["score"]))
+    return others
+
+
+def _rows(named: dict[str, list[StrategyScore]], others: dict[str, list[StrategyScore]],
+          table: str, command: str) -> list[ResultRow]:
+    """One row per (task, method): mean +- sd over seeds, the 95% interval of that mean and of
     its difference to the base (bootstraps over the test items' contents, every seed's verdicts
     kept together), and for the routers their accuracy on the routing task's test split and
     how often they sent the family to the oracle route (the oracle expert validation chose)."""
     rows = []
-    keys = dict.fromkeys((s.task, s.strategy) for s in scores)
-    for task, strategy in keys:
-        group = [s for s in scores if (s.task, s.strategy) == (task, strategy)]
-        mean, sd = mean_sd([100 * s.accuracy for s in group])
-        shares = [s.first_pass_share for s in group if s.first_pass_share is not None]
-        extra = {"seeds": [round(100 * s.accuracy, 2) for s in group],
-                 "first_pass_share": round(sum(shares) / len(shares), 3) if shares else None}
-        if all(s.verdicts for s in group):
-            extra.update(_intervals(scores, group))
-        if strategy in ("prompt", "classifier"):
-            extra.update(_routing(scores, group))
-        selection = [s.selection_accuracy for s in group if s.selection_accuracy is not None]
-        if selection:
-            extra["selection_accuracy"] = [round(100 * a, 2) for a in selection]
-        rows.append(ResultRow(table, task, method_name(strategy, fewshot), round(mean, 2),
-                              round(sd, 2), len(group), None, command, n=group[0].n, extra=extra))
+    bases = named.get("base") or others.get("base") or []
+    oracles = named.get("oracle-expert") or others.get("oracle-expert") or []
+    for method, scores in named.items():
+        for task in dict.fromkeys(s.task for s in scores):
+            group = [s for s in scores if s.task == task]
+            mean, sd = mean_sd([100 * s.accuracy for s in group])
+            shares = [s.first_pass_share for s in group if s.first_pass_share is not None]
+            extra = {"seeds": [round(100 * s.accuracy, 2) for s in group],
+                     "first_pass_share": round(sum(shares) / len(shares), 3) if shares else None}
+            if all(s.verdicts for s in group):
+                base = next((b for b in bases if b.task == task and b.verdicts), None)
+                paired = None if base is None or method == "base" else base
+                extra.update(_intervals(group, paired))
+            if group[0].strategy in ("prompt", "classifier"):
+                extra.update(_routing([o for o in oracles if o.task == task], group))
+            selection = [s.selection_accuracy for s in group if s.selection_accuracy is not None]
+            if selection:
+                extra["selection_accuracy"] = [round(100 * a, 2) for a in selection]
+            rows.append(ResultRow(table, task, method, round(mean, 2), round(sd, 2), len(group),
+                                  None, command, n=group[0].n, extra=extra))
     return rows
 
 
 MEAN_TASK = "unseen-mean"
 
 
-def _mean_rows(scores: list[StrategyScore], table: str, command: str,
-               fewshot: FewShotConfig) -> list[ResultRow]:
-    """Per strategy scored on every family with the same seeds: the unseen mean (every family's
-    test items pooled; with equal family sizes, the mean of the families' accuracies), its 95%
-    interval, and `diff_ci95`: the paired interval of its difference to each other such
-    strategy (this minus that, seed by seed), so an ordering of strategies can be read with its
-    noise. Bootstraps over the items' contents, every seed's verdicts on an item kept together."""
-    tasks = list(dict.fromkeys(s.task for s in scores))
-    pooled: dict[str, dict[int, list[bool]]] = {}
-    for strategy in dict.fromkeys(s.strategy for s in scores):
+def _pooled(named: dict[str, list[StrategyScore]],
+            tasks: list[str]) -> dict[str, dict[int, list[bool]]]:
+    """Per method scored on every one of `tasks` (for each of its seeds): its verdicts on all
+    their test items, by seed."""
+    pooled = {}
+    for method, scores in named.items():
         by_seed: dict[int, dict[str, list[bool]]] = {}
         for s in scores:
-            if s.strategy == strategy and s.verdicts:
+            if s.verdicts and s.task in tasks:
                 by_seed.setdefault(s.seed, {})[s.task] = _bits(s.verdicts)
         if len(tasks) > 1 and by_seed and all(len(v) == len(tasks) for v in by_seed.values()):
-            pooled[strategy] = {k: [b for t in tasks for b in v[t]]
-                                for k, v in sorted(by_seed.items())}
+            pooled[method] = {k: [b for t in tasks for b in v[t]]
+                              for k, v in sorted(by_seed.items())}
+    return pooled
+
+
+def _mean_rows(named: dict[str, list[StrategyScore]], others: dict[str, list[StrategyScore]],
+               table: str, command: str) -> list[ResultRow]:
+    """Per method scored on every family with the same seeds: the unseen mean (every family's
+    test items pooled; with equal family sizes, the mean of the families' accuracies), its 95%
+    interval, and `diff_ci95`: the paired interval of its difference to each other such
+    method, this run's or kept (this minus that, seed by seed), so an ordering of methods can
+    be read with its noise. Bootstraps over the items' contents, every seed's verdicts on an
+    item kept together."""
+    scores = [s for group in named.values() for s in group]
+    tasks = list(dict.fromkeys(s.task for s in scores))
+    pooled = _pooled(named, tasks)
     if not pooled:
         return []
+    compared = {**_pooled(others, tasks), **pooled}
     n = {s.task: s.n for s in scores}
     keys = [f"{t}/{k}" for t in tasks for k, _ in get_task(t).keyed_examples("test", n[t])]
     rows = []
-    for strategy, by_seed in pooled.items():
+    for method, by_seed in pooled.items():
         runs = list(by_seed.values())
         accuracies = [100 * sum(v) / len(v) for v in runs]
         mean, sd = mean_sd(accuracies)
-        diffs = {method_name(other, fewshot): [round(100 * x, 2) for x in seeds_interval(
+        diffs = {other: [round(100 * x, 2) for x in seeds_interval(
                      runs, keys, list(theirs.values()))]
-                 for other, theirs in pooled.items() if other != strategy and theirs.keys() ==
-                 by_seed.keys()}
+                 for other, theirs in compared.items()
+                 if other != method and theirs.keys() == by_seed.keys()}
         extra = {"seeds": [round(a, 2) for a in accuracies],
                  **interval_fields(runs, keys), "diff_ci95": diffs,
                  "interval": "cluster-bootstrap over contents, seeds pooled"}
-        rows.append(ResultRow(table, MEAN_TASK, method_name(strategy, fewshot), round(mean, 2),
-                              round(sd, 2), len(runs), None, command, n=len(keys), extra=extra))
+        rows.append(ResultRow(table, MEAN_TASK, method, round(mean, 2), round(sd, 2), len(runs),
+                              None, command, n=len(keys), extra=extra))
     return rows
 
 
@@ -335,23 +374,21 @@ def _bits(verdicts: str) -> list[bool]:
     return [c == "1" for c in verdicts]
 
 
-def _intervals(scores: list[StrategyScore], group: list[StrategyScore]) -> dict:
-    task = group[0].task
-    keys = [k for k, _ in get_task(task).keyed_examples("test", group[0].n)]
-    base = next((s for s in scores if (s.task, s.strategy) == (task, "none") and s.verdicts),
-                None)
-    paired = None if base is None or group[0].strategy == "none" else _bits(base.verdicts)
+def _intervals(group: list[StrategyScore], base: StrategyScore | None) -> dict:
+    """The interval of `group`'s mean and, given the base's score on the task, of its paired
+    difference to it."""
+    keys = [k for k, _ in get_task(group[0].task).keyed_examples("test", group[0].n)]
+    paired = _bits(base.verdicts) if base is not None else None
     return {**interval_fields([_bits(s.verdicts) for s in group], keys, paired),
             "interval": "cluster-bootstrap over contents, seeds pooled"}
 
 
-def _routing(scores: list[StrategyScore], group: list[StrategyScore]) -> dict:
+def _routing(oracles: list[StrategyScore], group: list[StrategyScore]) -> dict:
     out = {"router_threshold": [s.router_threshold for s in group]}
     test = [s.router_test_accuracy for s in group if s.router_test_accuracy is not None]
     if test:
         out["router_test_accuracy"] = round(100 * sum(test) / len(test), 2)
-    oracle = {s.seed: s.chosen for s in scores
-              if (s.task, s.strategy) == (group[0].task, "oracle-expert")}
+    oracle = {s.seed: s.chosen for s in oracles}
     agree = [s.routed.get(oracle[s.seed], 0) / s.n for s in group if s.seed in oracle]
     if agree:  # the share of the family's test items sent to its oracle route
         out["oracle_route"] = [oracle[s.seed] for s in group if s.seed in oracle]
