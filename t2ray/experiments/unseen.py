@@ -243,8 +243,8 @@ def run_eval(model: str, experts: Path, tasks: list[str], strategies: list[str],
                 for a in scorers:
                     ray.kill(a)
     (out / "scores.json").write_text(json.dumps([s.__dict__ for s in scores], indent=1))
-    named = {method_name(s.strategy, fewshot): [x for x in scores if x.strategy == s.strategy]
-             for s in scores}
+    named = {method_name(strategy, fewshot): [s for s in scores if s.strategy == strategy]
+             for strategy in dict.fromkeys(s.strategy for s in scores)}
     others = _kept_others(out, set(named), scored_with)
     rows = _rows(named, others, table, command) + _mean_rows(named, others, table, command)
     (out / "table.md").write_text(row_table(rows, UNSEEN_COLUMNS,
@@ -306,8 +306,7 @@ def _rows(named: dict[str, list[StrategyScore]], others: dict[str, list[Strategy
                      "first_pass_share": round(sum(shares) / len(shares), 3) if shares else None}
             if all(s.verdicts for s in group):
                 base = next((b for b in bases if b.task == task and b.verdicts), None)
-                paired = None if base is None or method == "base" else base
-                extra.update(_intervals(group, paired))
+                extra.update(_intervals(group, None if method == "base" else base))
             if group[0].strategy in ("prompt", "classifier"):
                 extra.update(_routing([o for o in oracles if o.task == task], group))
             selection = [s.selection_accuracy for s in group if s.selection_accuracy is not None]
